@@ -1,0 +1,211 @@
+"""Quaternions, camera poses and the perspective transform (SPEC section 3).
+
+Conventions (stated once, used everywhere in the project):
+
+* Quaternions are ``(w, x, y, z)`` with the scalar first, shape ``[..., 4]``. ``q`` and
+  ``-q`` are the same rotation. Rotating a point is ``p' = q p q^-1``.
+* A camera quaternion ``q`` maps object-frame points to the camera frame. In the camera
+  frame, axis 0 is depth (away from the camera), axis 1 is image "up" and axis 2 is image
+  "right". The camera sits at ``(-d, 0, 0)`` in its own frame, i.e. at ``q^-1 (-d,0,0) q``
+  in the object frame, looks at the origin, and the image is not mirrored.
+* The perspective transform returns *grid coordinates* ``(depth, row, col)``, each meant
+  to lie in ``[-0.5, 0.5]``: depth is metric, ``row = -f*up/(depth + d)`` (row grows
+  downwards, so images come out top row first, like PNGs) and ``col = f*right/(depth+d)``.
+* A grid of size G samples the image plane at ``c_k = k/(G-1) - 0.5``: the first and last
+  pixel centres sit on the edges of ``[-0.5, 0.5]`` (``align_corners=True``). Masks are
+  resized to G with ``F.interpolate(..., mode="bilinear", align_corners=True)``
+  (:func:`resize_masks`).
+* Object frame: y up (ShapeNet convention), objects normalised to ``[-0.5, 0.5]^3``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CAMERA_DISTANCE = 2.0
+FOCAL_LENGTH = 1.875
+
+
+def quat_mul(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product ``a * b`` of quaternions ``[..., 4]`` (broadcasts)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        (
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ),
+        dim=-1,
+    )
+
+
+def quat_conj(q: Tensor) -> Tensor:
+    """Conjugate ``[..., 4]``; the inverse of a unit quaternion."""
+    return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
+
+
+def quat_normalize(q: Tensor, eps: float = 1e-12) -> Tensor:
+    """Unit quaternion ``[..., 4]``; ``eps`` keeps the gradient finite at q = 0."""
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def quat_rotate(q: Tensor, points: Tensor) -> Tensor:
+    """Rotate ``points`` ``[B, N, 3]`` by unit quaternions ``q`` ``[B, 4]``: q p q^-1.
+
+    Uses ``p + 2w (v x p) + 2 v x (v x p)``, which equals the sandwich product for unit q.
+    """
+    w = q[..., None, :1]  # [B, 1, 1]
+    v = q[..., None, 1:]  # [B, 1, 3]
+    t = 2.0 * torch.cross(v.expand_as(points), points, dim=-1)
+    return points + w * t + torch.cross(v.expand_as(points), t, dim=-1)
+
+
+def quat_to_matrix(q: Tensor) -> Tensor:
+    """Rotation matrices ``[..., 3, 3]`` of unit quaternions ``[..., 4]`` (R p = q p q^-1)."""
+    w, x, y, z = quat_normalize(q).unbind(-1)
+    return torch.stack(
+        (
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ),
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
+
+
+def matrix_to_quat(R: Tensor) -> Tensor:
+    """Unit quaternions ``[..., 4]`` (w >= 0) of rotation matrices ``[..., 3, 3]``.
+
+    Picks, per matrix, the numerically best of the four standard formulas (Shepperd).
+    """
+    m = R
+    trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = torch.stack(
+        (
+            torch.stack((1 + trace, m[..., 2, 1] - m[..., 1, 2],
+                         m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]), -1),
+            torch.stack((m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                         m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]), -1),
+            torch.stack((m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
+                         1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]), -1),
+            torch.stack((m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0],
+                         m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]), -1),
+        ),
+        dim=-2,
+    )  # [..., 4 candidates, 4]
+    diag = torch.stack((trace, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]), -1)
+    best = diag.argmax(-1, keepdim=True)[..., None].expand(*diag.shape[:-1], 1, 4)
+    q = quat_normalize(torch.gather(cands, -2, best).squeeze(-2))
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def quat_from_axis_angle(axis: Tensor, angle: Tensor) -> Tensor:
+    """Quaternion ``[..., 4]`` rotating by ``angle`` (radians) about ``axis`` ``[..., 3]``."""
+    axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    half = 0.5 * angle
+    return torch.cat((torch.cos(half)[..., None], torch.sin(half)[..., None] * axis), -1)
+
+
+def quat_angle(q1: Tensor, q2: Tensor) -> Tensor:
+    """Angle in radians ``[...]`` of the rotation ``q1^-1 q2`` (0..pi; q and -q equal)."""
+    w = (quat_normalize(q1) * quat_normalize(q2)).sum(-1).abs()  # scalar part of q1^-1 q2
+    return 2.0 * torch.acos(w.clamp(max=1.0))
+
+
+def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:
+    """``n`` uniformly distributed random unit quaternions ``[n, 4]`` (w >= 0)."""
+    q = quat_normalize(torch.randn(n, 4, generator=generator, dtype=dtype))
+    return torch.where(q[:, :1] < 0, -q, q)
+
+
+def look_at_quat(position: Tensor, up: Tensor | None = None) -> Tensor:
+    """Camera quaternions ``[..., 4]`` for cameras at ``position`` ``[..., 3]`` looking at 0.
+
+    ``up`` (default +y) is the object-frame direction shown as image up; it must not be
+    parallel to the viewing direction.
+    """
+    f = -position / position.norm(dim=-1, keepdim=True)  # viewing direction
+    if up is None:
+        up = torch.zeros_like(position)
+        up[..., 1] = 1.0
+    u = up - (up * f).sum(-1, keepdim=True) * f
+    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    r = torch.cross(f, u, dim=-1)
+    R = torch.stack((f, u, r), dim=-2)  # rows: camera axes (depth, up, right) in object frame
+    return matrix_to_quat(R)
+
+
+def view_quat(azimuth: Tensor, elevation: Tensor) -> Tensor:
+    """Camera quaternions ``[..., 4]`` for a camera on a sphere around the object.
+
+    The camera is at ``(cos(el) cos(az), sin(el), cos(el) sin(az))`` (y up), angles in
+    radians, looking at the origin with +y as image up. Elevation must be in (-pi/2, pi/2).
+    """
+    pos = torch.stack(
+        (torch.cos(elevation) * torch.cos(azimuth), torch.sin(elevation),
+         torch.cos(elevation) * torch.sin(azimuth)),
+        dim=-1,
+    )
+    return look_at_quat(pos)
+
+
+def camera_position(q: Tensor, distance: float = CAMERA_DISTANCE) -> Tensor:
+    """Object-frame camera positions ``[..., 3]`` of camera quaternions ``[..., 4]``."""
+    R = quat_to_matrix(q)
+    return -distance * R[..., 0, :]  # R^T (-d, 0, 0)
+
+
+def perspective_transform(
+    points_cam: Tensor,
+    camera_distance: float = CAMERA_DISTANCE,
+    focal_length: float = FOCAL_LENGTH,
+) -> Tensor:
+    """Camera-frame points ``[B, N, 3]`` (depth, up, right) -> grid coordinates.
+
+    Returns ``[B, N, 3]`` as ``(depth, row, col)``: depth unchanged (metric), and
+    ``row = -f * up / (depth + d)``, ``col = f * right / (depth + d)``. Points behind the
+    camera (depth <= -d) are not meaningful; the grid drops anything outside [-0.5, 0.5].
+    """
+    depth, up, right = points_cam.unbind(-1)
+    inv = focal_length / (depth + camera_distance)
+    return torch.stack((depth, -up * inv, right * inv), dim=-1)
+
+
+def world_to_grid(
+    points: Tensor,
+    q: Tensor,
+    translation: Tensor | None = None,
+    camera_distance: float = CAMERA_DISTANCE,
+    focal_length: float = FOCAL_LENGTH,
+) -> Tensor:
+    """Rotate object-frame ``points`` ``[B, N, 3]`` by camera ``q`` ``[B, 4]`` (normalised
+    here), add an optional camera-frame ``translation`` ``[B, 3]``, and project.
+
+    Returns grid coordinates ``[B, N, 3]`` (depth, row, col) as in
+    :func:`perspective_transform`.
+    """
+    p = quat_rotate(quat_normalize(q), points)
+    if translation is not None:
+        p = p + translation[:, None, :]
+    return perspective_transform(p, camera_distance, focal_length)
+
+
+def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Resize masks ``[B, H, W]`` to the renderer's grid ``size`` (bilinear, corners aligned,
+    matching the pixel-centre convention above)."""
+    if isinstance(size, int):
+        size = (size, size)
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+def deg(x: Tensor | float) -> Tensor | float:
+    """Radians to degrees."""
+    return x * (180.0 / math.pi)

@@ -1,0 +1,125 @@
+"""The differentiable point-cloud renderer (SPEC section 3).
+
+transform -> splat -> clip -> blur -> occupancy scale -> clip -> projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+import kernels
+from dpc.camera import CAMERA_DISTANCE, FOCAL_LENGTH, world_to_grid
+from kernels._utils import check_kernel, check_tensor
+
+
+@dataclass
+class RenderSettings:
+    """Renderer configuration (original DPC key names in brackets)."""
+
+    vox_size: int = 64  # grid / image size G [vox_size]
+    vox_size_z: int | None = None  # depth cells, None = vox_size [vox_size_z]
+    kernel_size: int = 21  # blur taps, odd [pc_gauss_kernel_size]
+    camera_distance: float = CAMERA_DISTANCE  # [camera_distance]
+    focal_length: float = FOCAL_LENGTH  # relative to image width [focal_length]
+    max_depth: float = 10.0  # depth of escaping rays [max_depth]
+    background: float = 1.0  # colour of escaping rays (white)
+    projection: Literal["drc", "max"] = "drc"  # ray termination, or PTN max baseline
+    normalize_colors: bool = True  # divide the colour volume by the smoothed occupancy
+    backend: Literal["auto", "reference", "triton"] = "auto"
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return (self.vox_size_z or self.vox_size, self.vox_size, self.vox_size)
+
+
+class RenderOutput(NamedTuple):
+    silhouette: Tensor  # [B, G, G]
+    depth: Tensor | None  # [B, G, G]
+    color: Tensor | None  # [B, C, G, G]
+    voxels: Tensor | None  # [B, 1, D, G, G] occupancy after scale + clip
+    probs: Tensor | None  # [B, D+1, G, G]
+
+
+def point_dropout(
+    points: Tensor,  # [B, N, 3]
+    keep_fraction: float,
+    colors: Tensor | None = None,  # [B, N, C]
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Keep a random ``ceil(keep_fraction * N)`` of the points (the same count for every
+    batch element, a different subset each). Returns the kept points (and colours)."""
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    B, N, _ = points.shape
+    n_keep = max(1, int(-(-keep_fraction * N // 1)))
+    if n_keep >= N:
+        return points, colors
+    scores = torch.rand(B, N, generator=generator, device="cpu").to(points.device)
+    idx = scores.argsort(dim=1)[:, :n_keep]  # [B, n_keep]
+    pts = torch.gather(points, 1, idx[..., None].expand(B, n_keep, 3))
+    if colors is not None:
+        colors = torch.gather(colors, 1, idx[..., None].expand(B, n_keep, colors.shape[-1]))
+    return pts, colors
+
+
+class PointCloudRenderer(nn.Module):
+    """Renders point clouds seen by cameras into silhouettes (and depth, colour)."""
+
+    def __init__(self, settings: RenderSettings | None = None, **overrides):
+        super().__init__()
+        self.settings = settings or RenderSettings(**overrides)
+        check_kernel(1.0, self.settings.kernel_size)
+
+    def forward(
+        self,
+        points: Tensor,  # [B, N, 3] object frame, in [-0.5, 0.5]^3
+        quat: Tensor,  # [B, 4] camera quaternions (normalised here)
+        sigma: float,  # blur std in cells (annealed by the trainer)
+        scale: Tensor | None = None,  # [B] occupancy scale in (0, 1], None = 1
+        colors: Tensor | None = None,  # [B, N, C] per-point features, e.g. RGB
+        translation: Tensor | None = None,  # [B, 3] camera-frame translation
+        keep_fraction: float = 1.0,  # point dropout: fraction of points projected
+        generator: torch.Generator | None = None,  # for the dropout subset
+        return_depth: bool = False,
+        return_voxels: bool = False,
+        return_probs: bool = False,
+    ) -> RenderOutput:
+        s = self.settings
+        check_tensor("points", points, ndim=3, last=3, finite=True)
+        check_tensor("quat", quat, ndim=2, last=4, finite=True)
+        if quat.shape[0] != points.shape[0]:
+            raise ValueError(f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}")
+        if scale is not None:
+            check_tensor("scale", scale, ndim=1, finite=True)
+        check_kernel(sigma, s.kernel_size)
+
+        if keep_fraction < 1.0:
+            points, colors = point_dropout(points, keep_fraction, colors, generator)
+        grid_pts = world_to_grid(points, quat, translation, s.camera_distance, s.focal_length)
+        occ, feat = kernels.splat_points(grid_pts, s.size, colors, backend=s.backend)
+        occ = occ.clamp(0.0, 1.0)
+        occ = kernels.blur3d(occ, sigma, s.kernel_size, backend=s.backend)
+        if feat is not None:
+            feat = kernels.blur3d(feat, sigma, s.kernel_size, backend=s.backend)
+            if s.normalize_colors:
+                # The smoothed occupancy before scaling is the smoothed weight sum (clipped):
+                # dividing gives a weighted mean colour per cell.
+                feat = feat / (occ + 1e-4)
+        if scale is not None:
+            occ = occ * scale.view(-1, 1, 1, 1, 1)
+        occ = occ.clamp(0.0, 1.0)
+
+        if s.projection == "max":
+            sil = kernels.max_project(occ)
+            return RenderOutput(sil, None, None, occ if return_voxels else None, None)
+        proj = kernels.ray_project(
+            occ, feat, s.camera_distance, s.max_depth, s.background,
+            return_depth=return_depth, return_probs=return_probs, backend=s.backend,
+        )
+        return RenderOutput(
+            proj.silhouette, proj.depth, proj.color, occ if return_voxels else None, proj.probs
+        )

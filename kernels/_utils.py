@@ -1,0 +1,99 @@
+"""Helpers shared by the ops: Triton availability, backend choice, input validation."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["auto", "reference", "triton"]
+BACKENDS = ("auto", "reference", "triton")
+
+
+@functools.cache
+def has_triton() -> bool:
+    """True when ``triton`` imports (it may still lack a GPU: see :func:`use_triton`)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install on an unsupported platform
+        return False
+    return True
+
+
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(backend: str, *tensors: Tensor) -> bool:
+    """Decide the path for ``backend`` given the op's input tensors.
+
+    ``auto``: Triton when the inputs are on CUDA and Triton imports, else the reference.
+    ``triton``: Triton (also for CPU tensors under ``TRITON_INTERPRET=1``), else an error.
+    ``reference``: always the reference.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if backend == "auto":
+        return on_cuda and has_triton()
+    if not has_triton():
+        raise RuntimeError("backend='triton' needs the `triton` package; pip install triton")
+    if not (on_cuda or triton_interpreting()):
+        raise RuntimeError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
+            "kernels, to run the kernels on the CPU through Triton's interpreter)"
+        )
+    return True
+
+
+def check_tensor(
+    name: str,
+    x: Tensor,
+    ndim: int | None = None,
+    last: int | None = None,
+    finite: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``x`` is a floating tensor of ``ndim``
+    dimensions with last dimension ``last`` (and all finite, if asked)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if last is not None and x.shape[-1] != last:
+        raise ValueError(f"{name} must have last dimension {last}, got shape {tuple(x.shape)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def check_kernel(sigma, kernel_size: int) -> None:
+    """Validate blur parameters: odd ``kernel_size`` >= 1 and finite ``sigma`` > 0."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise ValueError(f"kernel_size must be an int, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+    s = float(sigma)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+
+
+def check_size(size) -> tuple[int, int, int]:
+    """Validate a grid size ``(D, H, W)`` of positive ints (>= 2, so the mapping
+    ``(c + 0.5) * (S - 1)`` is not degenerate)."""
+    try:
+        D, H, W = (int(s) for s in size)
+    except Exception as e:
+        raise ValueError(f"size must be three ints (D, H, W), got {size!r}") from e
+    if min(D, H, W) < 2:
+        raise ValueError(f"size must have every entry >= 2, got {size!r}")
+    return D, H, W
