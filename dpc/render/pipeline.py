@@ -5,6 +5,7 @@ transform -> splat -> clip -> blur -> occupancy scale -> clip -> projection.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -55,7 +56,8 @@ def point_dropout(
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     B, N, _ = points.shape
-    n_keep = max(1, int(-(-keep_fraction * N // 1)))
+    # The tolerance keeps e.g. 0.07 * 100 = 7.000000000000001 from rounding up to 8.
+    n_keep = max(1, math.ceil(keep_fraction * N - 1e-9))
     if n_keep >= N:
         return points, colors
     scores = torch.rand(B, N, generator=generator, device="cpu").to(points.device)

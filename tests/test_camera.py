@@ -1,0 +1,115 @@
+"""Quaternion and camera utilities against closed forms."""
+
+import math
+
+import pytest
+import torch
+
+from dpc import camera as C
+
+
+def test_quat_rotate_90_deg_about_y():
+    q = C.quat_from_axis_angle(torch.tensor([0.0, 1.0, 0.0]), torch.tensor(math.pi / 2))
+    p = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 2.0, 0.0]]])
+    out = C.quat_rotate(q[None], p)
+    # Right-handed rotation about +y by 90 deg: x -> -z, z -> x, y fixed.
+    expected = torch.tensor([[[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_q_and_minus_q_are_the_same_rotation():
+    g = torch.Generator().manual_seed(0)
+    q = C.random_quat(16, g)
+    p = torch.randn(16, 10, 3, generator=g)
+    torch.testing.assert_close(C.quat_rotate(q, p), C.quat_rotate(-q, p))
+    assert C.quat_angle(q, -q).abs().max() < 1e-3  # acos near 1 is ill-conditioned in fp32
+
+
+def test_rotate_matches_matrix_and_sandwich_product():
+    g = torch.Generator().manual_seed(1)
+    q = C.random_quat(8, g, dtype=torch.float64)
+    p = torch.randn(8, 5, 3, generator=g, dtype=torch.float64)
+    R = C.quat_to_matrix(q)
+    torch.testing.assert_close(C.quat_rotate(q, p), p @ R.transpose(1, 2))
+    pq = torch.cat((torch.zeros(8, 5, 1, dtype=torch.float64), p), -1)
+    sandwich = C.quat_mul(C.quat_mul(q[:, None], pq), C.quat_conj(q)[:, None])
+    torch.testing.assert_close(sandwich[..., 1:], C.quat_rotate(q, p))
+    torch.testing.assert_close(sandwich[..., 0], torch.zeros(8, 5, dtype=torch.float64))
+
+
+def test_matrix_round_trip_and_orthonormal():
+    g = torch.Generator().manual_seed(2)
+    q = C.random_quat(256, g, dtype=torch.float64)
+    # Include rotations by ~180 degrees, where the trace formula alone breaks down.
+    q[:4] = C.quat_normalize(torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
+                                           [1e-9, 1, 1, 0]], dtype=torch.float64))
+    R = C.quat_to_matrix(q)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    torch.testing.assert_close(R @ R.transpose(1, 2), eye)
+    torch.testing.assert_close(torch.linalg.det(R), torch.ones(256, dtype=torch.float64))
+    q2 = C.matrix_to_quat(R)
+    assert C.quat_angle(q, q2).max() < 1e-6
+    torch.testing.assert_close(C.quat_to_matrix(q2), R)
+
+
+def test_quat_mul_composes_rotations_and_conj_inverts():
+    g = torch.Generator().manual_seed(3)
+    a, b = C.random_quat(4, g, torch.float64), C.random_quat(4, g, torch.float64)
+    p = torch.randn(4, 7, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(C.quat_rotate(C.quat_mul(a, b), p),
+                               C.quat_rotate(a, C.quat_rotate(b, p)))
+    torch.testing.assert_close(C.quat_rotate(C.quat_conj(a), C.quat_rotate(a, p)), p)
+
+
+def test_quat_angle_known_values():
+    axis = torch.tensor([0.3, -1.0, 0.5])
+    for deg in (0.0, 10.0, 90.0, 179.0):
+        q = C.quat_from_axis_angle(axis, torch.tensor(math.radians(deg), dtype=torch.float64))
+        ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+        assert abs(math.degrees(C.quat_angle(ident, q).item()) - deg) < 1e-5
+    # 270 deg about an axis is 90 deg about the opposite one.
+    q = C.quat_from_axis_angle(axis.double(), torch.tensor(math.radians(270.0), dtype=torch.float64))
+    assert abs(math.degrees(C.quat_angle(torch.tensor([1.0, 0, 0, 0]).double(), q).item()) - 90) < 1e-5
+
+
+def test_view_quat_camera_position_and_axes():
+    az = torch.tensor([0.0, 0.7, 2.0, -2.5])
+    el = torch.tensor([0.0, 0.3, -0.4, 1.2])
+    q = C.view_quat(az, el)
+    pos = C.camera_position(q, 2.0)
+    expected = 2.0 * torch.stack((torch.cos(el) * torch.cos(az), torch.sin(el),
+                                  torch.cos(el) * torch.sin(az)), -1)
+    torch.testing.assert_close(pos, expected, atol=1e-5, rtol=0)
+    # The camera-frame image of the camera centre is (-d, 0, 0); the origin projects to the
+    # image centre; +y projects upwards (row < 0) for moderate elevation.
+    cam = C.quat_rotate(q, pos[:, None])
+    torch.testing.assert_close(cam[:, 0], torch.tensor([[-2.0, 0, 0]]).expand(4, 3), atol=1e-5,
+                               rtol=0)
+    up = C.world_to_grid(torch.tensor([[[0.0, 0.3, 0.0]]]).expand(4, 1, 3), q)
+    assert (up[:3, 0, 1] < 0).all()
+
+
+def test_image_not_mirrored():
+    # Camera at -x looking towards +x with y up: a viewer there sees +z on the right
+    # (x forward, y up -> right = forward x up = +z).
+    q = C.look_at_quat(torch.tensor([[-2.0, 0.0, 0.0]]))
+    g = C.world_to_grid(torch.tensor([[[0.0, 0.0, 0.2]]]), q)
+    assert g[0, 0, 2] > 0  # col > 0: right half of the image
+    torch.testing.assert_close(q, torch.tensor([[1.0, 0, 0, 0]]), atol=1e-6, rtol=0)
+
+
+def test_perspective_transform_closed_form():
+    p = torch.tensor([[[0.5, 0.2, -0.1], [0.0, 0.0, 0.0]]])
+    out = C.perspective_transform(p, 2.0, 1.875)
+    expected = torch.tensor([[[0.5, -1.875 * 0.2 / 2.5, 1.875 * -0.1 / 2.5], [0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_resize_masks_aligned_corners(size):
+    m = torch.zeros(1, 128, 128)
+    m[0, 0, 0] = 1.0
+    m[0, -1, -1] = 1.0
+    r = C.resize_masks(m, size)
+    assert r.shape == (1, size, size)
+    assert r[0, 0, 0] == 1.0 and r[0, -1, -1] == 1.0  # corner pixels map onto corners
