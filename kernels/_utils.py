@@ -97,3 +97,24 @@ def check_size(size) -> tuple[int, int, int]:
     if min(D, H, W) < 2:
         raise ValueError(f"size must have every entry >= 2, got {size!r}")
     return D, H, W
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= ``n`` (>= 1): Triton block shapes must be powers of two."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def launch_block(gpu_block: int, extent: int, interpret_cap: int = 1 << 16) -> int:
+    """Block size for a launch over ``extent`` elements.
+
+    On a GPU: ``gpu_block`` (a power of two), shrunk to cover ``extent`` when smaller.
+    Under ``TRITON_INTERPRET=1`` each program costs milliseconds of Python, so use as few
+    programs as possible: one block covering ``extent`` up to ``interpret_cap``.
+    """
+    cap = interpret_cap if triton_interpreting() else gpu_block
+    return min(next_pow2(extent), next_pow2(cap))
+
+
+def triton_dtype_ok(*tensors) -> bool:
+    """The Triton kernels compute in float32 or float64 (the input dtype)."""
+    return all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors)

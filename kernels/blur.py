@@ -1,14 +1,285 @@
-"""Separable 3-D Gaussian blur of volumes.
+"""Separable 3-D Gaussian blur of volumes, and the renderer's fused occupancy smoothing.
 
-Public entry point :func:`blur3d`; the Triton kernels live here too (kernels issue).
+Layers (STYLE.md section 2): ``_blur_pass_kernel`` (one 1-D pass along any axis, with
+optional fused prologue / epilogue) -> launchers :func:`blur_fwd` / :func:`blur_bwd` and
+:func:`blur_occupancy_fwd` / :func:`blur_occupancy_bwd` -> :class:`Blur3d`,
+:class:`BlurOccupancy` (autograd) -> public :func:`blur3d`, :func:`blur_occupancy`.
+
+The kernel is symmetric and the padding is zero, so each 1-D pass is multiplication by a
+symmetric banded matrix: the backward of the blur is the same blur of the gradient
+(passes in reverse order).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from kernels._utils import Backend, check_kernel, check_tensor, use_triton
-from kernels.reference import blur3d_ref
+from kernels._utils import (
+    Backend,
+    check_kernel,
+    check_tensor,
+    has_triton,
+    launch_block,
+    triton_dtype_ok,
+    use_triton,
+)
+from kernels.reference import blur3d_ref, gaussian_kernel1d
+
+# Epilogue / prologue modes of one pass (constexpr switches of the kernel).
+_PLAIN = 0
+_CLIP_IN = 1  # forward, first pass: blur clamp(x, 0, 1) (the clip before the blur)
+_SCALE_CLIP_OUT = 2  # forward, last pass: also store b, write clamp(scale * b, 0, 1)
+_GRAD_SCALE_CLIP_IN = 3  # backward, first pass: blur g * scale * [0 <= scale*b <= 1]
+_GRAD_CLIP_OUT = 4  # backward, last pass: multiply by [0 <= x <= 1]
+
+if has_triton():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _blur_pass_kernel(
+        out_ptr,  # [S, M, N] output of this pass
+        in_ptr,  # [S, M, N] input of this pass
+        w_ptr,  # [K] normalised Gaussian taps (symmetric)
+        aux_out_ptr,  # _SCALE_CLIP_OUT: [S, M, N] pre-scale blur b
+        aux_in_ptr,  # _GRAD_SCALE_CLIP_IN: b; _GRAD_CLIP_OUT: the unclipped input x
+        scale_ptr,  # [B] occupancy scale (modes 2, 3)
+        grad_scale_ptr,  # [B] accumulated d(loss)/d(scale) (mode 3), zero-initialised
+        M,
+        N,
+        tiles_n,  # cdiv(N, BLOCK_N)
+        tiles_per_slab,  # cdiv(M, BLOCK_M) * tiles_n
+        slabs_per_batch,  # slabs of one batch element (for the scale index)
+        AXIS: tl.constexpr,  # 0: blur along M (rows, stride N); 1: along N (stride 1)
+        MODE: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
+        K: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # The volume is viewed as S slabs of an [M, N] matrix; a pass along W uses
+        # (S, M, N) = (1, B*C*D*H, W), along H (B*C*D, H, W), along D (B*C, D, H*W).
+        # One program owns a BLOCK_M x BLOCK_N output tile of one slab and sums K shifted
+        # input tiles; rows of the tile are contiguous in memory (coalesced), and the
+        # K-fold re-reads of neighbouring rows / columns hit L1/L2.
+        pid = tl.program_id(0)
+        s = pid // tiles_per_slab
+        t = pid % tiles_per_slab
+        rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        in_tile = (rows[:, None] < M) & (cols[None, :] < N)
+        slab = s.to(tl.int64) * M * N  # int64: B * C * D * H * W may exceed 2^31
+        offs = rows[:, None] * N + cols[None, :]
+        R: tl.constexpr = (K - 1) // 2
+        if HAS_SCALE:
+            sc = tl.load(scale_ptr + s // slabs_per_batch)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=out_ptr.dtype.element_ty)
+        for k in tl.static_range(K):
+            wk = tl.load(w_ptr + k)
+            if AXIS == 0:
+                src = rows[:, None] + (k - R)
+                ok = (src >= 0) & (src < M) & (cols[None, :] < N)
+                o = offs + (k - R) * N
+            else:
+                src = cols[None, :] + (k - R)
+                ok = (src >= 0) & (src < N) & (rows[:, None] < M)
+                o = offs + (k - R)
+            x = tl.load(in_ptr + slab + o, mask=ok, other=0.0)
+            if MODE == 1:  # _CLIP_IN
+                x = tl.minimum(tl.maximum(x, 0.0), 1.0)
+            if MODE == 3:  # _GRAD_SCALE_CLIP_IN: clamp backward (inclusive bounds, as torch)
+                bb = tl.load(aux_in_ptr + slab + o, mask=ok, other=0.0)
+                if HAS_SCALE:
+                    y = bb * sc
+                    x = tl.where((y >= 0.0) & (y <= 1.0), x * sc, 0.0)
+                else:
+                    x = tl.where((bb >= 0.0) & (bb <= 1.0), x, 0.0)
+            acc += wk * x
+        if MODE == 2:  # _SCALE_CLIP_OUT
+            tl.store(aux_out_ptr + slab + offs, acc, mask=in_tile)
+            if HAS_SCALE:
+                acc = acc * sc
+            acc = tl.minimum(tl.maximum(acc, 0.0), 1.0)
+        if MODE == 3:
+            if HAS_SCALE:
+                # d loss / d scale = sum g * b over cells where the output clip is not
+                # saturated: reduce this tile's own cells and add one atomic per program.
+                g = tl.load(in_ptr + slab + offs, mask=in_tile, other=0.0)
+                bb = tl.load(aux_in_ptr + slab + offs, mask=in_tile, other=0.0)
+                y = bb * sc
+                part = tl.sum(tl.sum(tl.where((y >= 0.0) & (y <= 1.0), g * bb, 0.0), 1), 0)
+                tl.atomic_add(grad_scale_ptr + s // slabs_per_batch, part)
+        if MODE == 4:  # _GRAD_CLIP_OUT: clamp(x, 0, 1) backward
+            xin = tl.load(aux_in_ptr + slab + offs, mask=in_tile, other=0.0)
+            acc = tl.where((xin >= 0.0) & (xin <= 1.0), acc, 0.0)
+        tl.store(out_ptr + slab + offs, acc, mask=in_tile)
+
+
+def _pass(
+    out: Tensor,
+    inp: Tensor,
+    taps: Tensor,
+    view: tuple[int, int, int],  # (S, M, N)
+    axis: int,
+    mode: int = _PLAIN,
+    aux_out: Tensor | None = None,
+    aux_in: Tensor | None = None,
+    scale: Tensor | None = None,
+    grad_scale: Tensor | None = None,
+    slabs_per_batch: int = 1,
+) -> None:
+    """Launch one 1-D blur pass over the [S, M, N] view of contiguous ``inp``."""
+    S, M, N = view
+    if S * M * N == 0:
+        return
+    # GPU tiles: 128 contiguous columns (coalesced 512 B rows), 16 rows; W passes
+    # (N = W <= 128) take the whole row. Unmeasured choice; see profiling/bench_kernels.py.
+    BLOCK_N = launch_block(128, N, interpret_cap=1 << 14)
+    BLOCK_M = launch_block(16, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
+    tiles_n = triton.cdiv(N, BLOCK_N)
+    tiles_per_slab = triton.cdiv(M, BLOCK_M) * tiles_n
+    dummy = inp
+    _blur_pass_kernel[(S * tiles_per_slab,)](
+        out, inp, taps,
+        aux_out if aux_out is not None else dummy,
+        aux_in if aux_in is not None else dummy,
+        scale if scale is not None else dummy,
+        grad_scale if grad_scale is not None else dummy,
+        M, N, tiles_n, tiles_per_slab, slabs_per_batch,
+        AXIS=axis, MODE=mode, HAS_SCALE=scale is not None, K=taps.numel(),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+    )
+
+
+def _views(shape) -> tuple[tuple[int, int, int], ...]:
+    """[S, M, N] views of a [B, C, D, H, W] volume for the W, H and D passes."""
+    B, C, D, H, W = shape
+    return (1, B * C * D * H, W), (B * C * D, H, W), (B * C, D, H * W)
+
+
+def _taps(sigma: float, kernel_size: int, like: Tensor) -> Tensor:
+    # Same taps as the reference (computed in the volume's dtype).
+    return gaussian_kernel1d(sigma, kernel_size, dtype=like.dtype, device=like.device)
+
+
+def blur_fwd(volume: Tensor, sigma: float, kernel_size: int) -> Tensor:
+    """Blur contiguous ``volume`` [B, C, D, H, W] along W, H, D (three passes)."""
+    taps = _taps(sigma, kernel_size, volume)
+    vw, vh, vd = _views(volume.shape)
+    t1 = torch.empty_like(volume)
+    t2 = torch.empty_like(volume)
+    _pass(t1, volume, taps, vw, 1)
+    _pass(t2, t1, taps, vh, 0)
+    _pass(t1, t2, taps, vd, 0)
+    return t1
+
+
+def blur_bwd(grad: Tensor, sigma: float, kernel_size: int) -> Tensor:
+    """Backward of :func:`blur_fwd`: the transposed passes in reverse order (D, H, W); each
+    banded matrix is symmetric, so that is the same blur."""
+    taps = _taps(sigma, kernel_size, grad)
+    vw, vh, vd = _views(grad.shape)
+    t1 = torch.empty_like(grad)
+    t2 = torch.empty_like(grad)
+    _pass(t1, grad, taps, vd, 0)
+    _pass(t2, t1, taps, vh, 0)
+    _pass(t1, t2, taps, vw, 1)
+    return t1
+
+
+def blur_occupancy_fwd(
+    volume: Tensor, sigma: float, kernel_size: int, scale: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Fused ``clamp(scale * blur(clamp(volume, 0, 1)), 0, 1)`` in three passes: the
+    first clip rides on the W pass's loads, scale and last clip on the D pass's stores.
+    Returns the output and the pre-scale blur ``b`` (saved for the backward)."""
+    B, C = volume.shape[:2]
+    taps = _taps(sigma, kernel_size, volume)
+    vw, vh, vd = _views(volume.shape)
+    t1 = torch.empty_like(volume)
+    t2 = torch.empty_like(volume)
+    out = torch.empty_like(volume)
+    _pass(t1, volume, taps, vw, 1, _CLIP_IN)
+    _pass(t2, t1, taps, vh, 0)
+    # D pass: slabs are (b, c) pairs, so the batch of slab s is s // C.
+    _pass(out, t2, taps, vd, 0, _SCALE_CLIP_OUT, aux_out=t1, scale=scale, slabs_per_batch=C)
+    return out, t1
+
+
+def blur_occupancy_bwd(
+    grad: Tensor, volume: Tensor, blurred: Tensor, sigma: float, kernel_size: int,
+    scale: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Backward of :func:`blur_occupancy_fwd`: returns d(volume) and d(scale) ``[B]``."""
+    B, C = grad.shape[:2]
+    taps = _taps(sigma, kernel_size, grad)
+    vw, vh, vd = _views(grad.shape)
+    t1 = torch.empty_like(grad)
+    t2 = torch.empty_like(grad)
+    grad_scale = None
+    if scale is not None:
+        # Accumulated in float32 / float64 like the data; atomics reorder the sum.
+        grad_scale = torch.zeros(B, dtype=grad.dtype, device=grad.device)
+    _pass(t1, grad, taps, vd, 0, _GRAD_SCALE_CLIP_IN, aux_in=blurred, scale=scale,
+          grad_scale=grad_scale, slabs_per_batch=C)
+    _pass(t2, t1, taps, vh, 0)
+    _pass(t1, t2, taps, vw, 1, _GRAD_CLIP_OUT, aux_in=volume)
+    return t1, grad_scale
+
+
+class Blur3d(torch.autograd.Function):
+    """Autograd glue for the Triton blur (validated, contiguous input)."""
+
+    @staticmethod
+    def forward(ctx, volume: Tensor, sigma: float, kernel_size: int):
+        ctx.sigma, ctx.kernel_size = sigma, kernel_size
+        return blur_fwd(volume, sigma, kernel_size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return blur_bwd(grad.contiguous(), ctx.sigma, ctx.kernel_size), None, None
+
+
+class BlurOccupancy(torch.autograd.Function):
+    """Autograd glue for the fused clip -> blur -> scale -> clip (Triton)."""
+
+    @staticmethod
+    def forward(ctx, volume: Tensor, scale: Tensor | None, sigma: float, kernel_size: int):
+        out, blurred = blur_occupancy_fwd(volume, sigma, kernel_size, scale)
+        ctx.sigma, ctx.kernel_size = sigma, kernel_size
+        ctx.save_for_backward(volume, blurred, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        volume, blurred, scale = ctx.saved_tensors
+        if not any(ctx.needs_input_grad[:2]):
+            return None, None, None, None
+        gv, gs = blur_occupancy_bwd(
+            grad.contiguous(), volume, blurred, ctx.sigma, ctx.kernel_size, scale
+        )
+        return (
+            gv if ctx.needs_input_grad[0] else None,
+            gs if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
+
+
+def _triton_path(backend: str, *tensors: Tensor | None) -> bool:
+    """Dispatch: Triton when :func:`use_triton` says so and the dtype is supported;
+    ``backend='triton'`` with another dtype is an error, ``auto`` falls back."""
+    if not use_triton(backend, *tensors):
+        return False
+    if triton_dtype_ok(*tensors):
+        return True
+    if backend == "triton":
+        dts = [t.dtype for t in tensors if t is not None]
+        raise ValueError(f"backend='triton' needs float32/float64 tensors, got {dts}")
+    return False
 
 
 def blur3d(
@@ -18,9 +289,41 @@ def blur3d(
     backend: Backend = "auto",
 ) -> Tensor:
     """Blur ``volume`` along D, H and W with a normalised ``kernel_size``-tap Gaussian of
-    standard deviation ``sigma`` cells, zero padding; returns ``[B, C, D, H, W]``."""
+    standard deviation ``sigma`` cells, zero padding; returns ``[B, C, D, H, W]``.
+    Differentiable w.r.t. ``volume``."""
     check_tensor("volume", volume, ndim=5)
     check_kernel(sigma, kernel_size)
-    if use_triton(backend, volume):
-        raise NotImplementedError("Triton blur kernel not implemented yet")
+    if _triton_path(backend, volume):
+        return Blur3d.apply(volume.contiguous(), float(sigma), kernel_size)
     return blur3d_ref(volume, float(sigma), kernel_size)
+
+
+def blur_occupancy(
+    volume: Tensor,  # [B, C, D, H, W] raw splatted occupancy
+    sigma: float,
+    kernel_size: int,
+    scale: Tensor | None = None,  # [B] occupancy scale, None = 1
+    backend: Backend = "auto",
+) -> Tensor:
+    """The renderer's smoothing step: ``clamp(scale * blur3d(clamp(volume, 0, 1)), 0, 1)``.
+
+    One fused op on the Triton path (3 passes instead of 3 blur passes plus 3 elementwise
+    passes); the reference path is the plain composition of torch ops. Differentiable
+    w.r.t. ``volume`` and ``scale``. Returns ``[B, C, D, H, W]``.
+    """
+    check_tensor("volume", volume, ndim=5)
+    check_kernel(sigma, kernel_size)
+    if scale is not None:
+        check_tensor("scale", scale, ndim=1)
+        if scale.shape[0] != volume.shape[0]:
+            raise ValueError(
+                f"scale must be [B] with B={volume.shape[0]}, got {tuple(scale.shape)}"
+            )
+    if _triton_path(backend, volume, scale):
+        sc = scale.to(volume.dtype).contiguous() if scale is not None else None
+        return BlurOccupancy.apply(volume.contiguous(), sc, float(sigma), kernel_size)
+    occ = volume.clamp(0.0, 1.0)
+    occ = blur3d_ref(occ, float(sigma), kernel_size)
+    if scale is not None:
+        occ = occ * scale.view(-1, 1, 1, 1, 1)
+    return occ.clamp(0.0, 1.0)

@@ -103,17 +103,22 @@ class PointCloudRenderer(nn.Module):
             points, colors = point_dropout(points, keep_fraction, colors, generator)
         grid_pts = world_to_grid(points, quat, translation, s.camera_distance, s.focal_length)
         occ, feat = kernels.splat_points(grid_pts, s.size, colors, backend=s.backend)
-        occ = occ.clamp(0.0, 1.0)
-        occ = kernels.blur3d(occ, sigma, s.kernel_size, backend=s.backend)
-        if feat is not None:
-            feat = kernels.blur3d(feat, sigma, s.kernel_size, backend=s.backend)
-            if s.normalize_colors:
-                # The smoothed occupancy before scaling is the smoothed weight sum (clipped):
-                # dividing gives a weighted mean colour per cell.
-                feat = feat / (occ + 1e-4)
-        if scale is not None:
-            occ = occ * scale.view(-1, 1, 1, 1, 1)
-        occ = occ.clamp(0.0, 1.0)
+        if feat is None and s.backend != "reference":
+            # clip -> blur -> scale -> clip as one fused op on the Triton path (its
+            # reference path is the same composition as the branch below).
+            occ = kernels.blur_occupancy(occ, sigma, s.kernel_size, scale, backend=s.backend)
+        else:
+            occ = occ.clamp(0.0, 1.0)
+            occ = kernels.blur3d(occ, sigma, s.kernel_size, backend=s.backend)
+            if feat is not None:
+                feat = kernels.blur3d(feat, sigma, s.kernel_size, backend=s.backend)
+                if s.normalize_colors:
+                    # The smoothed occupancy before scaling is the smoothed weight sum
+                    # (clipped): dividing gives a weighted mean colour per cell.
+                    feat = feat / (occ + 1e-4)
+            if scale is not None:
+                occ = occ * scale.view(-1, 1, 1, 1, 1)
+            occ = occ.clamp(0.0, 1.0)
 
         if s.projection == "max":
             sil = kernels.max_project(occ)
