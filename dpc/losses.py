@@ -1,0 +1,59 @@
+"""Training losses (SPEC section 4).
+
+Dimension letters: B objects, K views per object, M pose candidates, G renderer grid.
+All per-view losses follow the original's ``tf.nn.l2_loss`` convention: half the sum of
+squared differences over the pixels of a view.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dpc.camera import quat_conj, quat_mul, quat_normalize
+
+
+def per_view_l2(pred: Tensor, target: Tensor, image_dims: int = 2) -> Tensor:
+    """``0.5 * sum((pred - target)^2)`` over the last ``image_dims`` dims (2 for masks and
+    depths ``[..., H, W]``, 3 for colour images ``[..., C, H, W]``); returns the leading
+    dims. ``target`` broadcasts to ``pred``."""
+    return 0.5 * (pred - target).square().sum(dim=tuple(range(-image_dims, 0)))
+
+
+class WTAResult(NamedTuple):
+    loss: Tensor  # scalar: sum over views of the winner's loss / number of views
+    winner: Tensor  # [B, K] int64 index of the winning candidate per view
+    per_candidate: Tensor  # [B, K, M] per-view loss of every candidate (not detached)
+
+
+def winner_takes_all(per_candidate: Tensor) -> WTAResult:
+    """Winner-takes-all over pose candidates.
+
+    Args:
+        per_candidate: ``[B, K, M]`` loss of each view under each candidate.
+    Returns:
+        the mean over views of the lowest candidate loss (only the winner gets gradient),
+        the winner indices ``[B, K]`` and the input.
+    """
+    winner = per_candidate.detach().argmin(dim=-1)  # [B, K]
+    best = per_candidate.gather(-1, winner[..., None])[..., 0]  # [B, K]
+    return WTAResult(best.mean(), winner, per_candidate)
+
+
+def student_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Pull student quaternions ``[..., 4]`` towards teacher ones ``[..., 4]`` (held
+    constant): mean of ``1 - w^2``, w the scalar part of ``normalise(q_t) * conj(normalise(q_s))``
+    (zero when they are the same rotation, q and -q alike)."""
+    q = quat_mul(quat_normalize(teacher.detach()), quat_conj(quat_normalize(student)))
+    return (1.0 - q[..., 0].square()).mean()
+
+
+def l2_weight_decay(model: nn.Module, weight_decay: float) -> Tensor | float:
+    """``weight_decay * sum(w^2) / 2`` over weight matrices and conv kernels (not biases),
+    the original's ``l2_regularizer`` added to the loss."""
+    if weight_decay == 0:
+        return 0.0
+    sq = [p.square().sum() for n, p in model.named_parameters() if p.dim() > 1 and p.requires_grad]
+    return 0.5 * weight_decay * torch.stack(sq).sum()

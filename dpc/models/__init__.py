@@ -1,0 +1,9 @@
+"""Networks: image encoder, point decoder, occupancy scale, pose heads (SPEC section 2)."""
+
+from dpc.models.decoder import PointDecoder, ScaleHead
+from dpc.models.encoder import ImageEncoder
+from dpc.models.model import DPCModel, ModelOutput, build_model
+from dpc.models.pose import PoseHeads
+
+__all__ = ["DPCModel", "ImageEncoder", "ModelOutput", "PointDecoder", "PoseHeads", "ScaleHead",
+           "build_model"]

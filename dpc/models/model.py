@@ -1,0 +1,94 @@
+"""The full DPC network: encoder + point decoder + occupancy scale + pose heads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor, nn
+
+from dpc.models.decoder import PointDecoder, ScaleHead
+from dpc.models.encoder import ImageEncoder
+from dpc.models.pose import PoseHeads
+
+
+class ModelOutput(NamedTuple):
+    """What :class:`DPCModel` predicts for a batch of B images (docs/CONTRACTS.md)."""
+
+    points: Tensor  # [B, N, 3] object frame, in [-0.5, 0.5]^3
+    scale: Tensor  # [B] occupancy scale in (0, max]
+    colors: Tensor | None  # [B, N, 3] in (0, 1), with pc_rgb
+    pose_candidates: Tensor | None  # [B, M, 4] normalised camera quaternions, with predict_pose
+    pose_student: Tensor | None  # [B, 4] normalised, with predict_pose and a student
+
+
+class DPCModel(nn.Module):
+    """Single image ``[B, 3, S, S]`` in [0, 1] -> point cloud, occupancy scale, poses.
+
+    The training loop calls the parts separately (``encoder``, :meth:`shape`,
+    :meth:`pose`) so that, in the unsupervised setting, the shape is decoded from one
+    view per object while poses are predicted for every view.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 128,
+        num_points: int = 8000,
+        base_channels: int = 16,
+        fc_dim: int = 1024,
+        rgb: bool = False,
+        max_scale: float = 1.0,
+        predict_pose: bool = True,
+        num_candidates: int = 4,
+        student: bool = True,
+        points_init_std: float = 0.025,
+    ):
+        super().__init__()
+        self.encoder = ImageEncoder(image_size, base_channels, fc_dim)
+        self.decoder = PointDecoder(fc_dim, num_points, rgb, points_init_std)
+        self.scale_head = ScaleHead(fc_dim, max_scale)
+        self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
+
+    @property
+    def predict_pose(self) -> bool:
+        return self.pose_heads is not None
+
+    def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Shape code ``[B, F]`` -> ``(points [B, N, 3], scale [B], colors [B, N, 3] | None)``."""
+        points, colors = self.decoder(z)
+        return points, self.scale_head(z), colors
+
+    def pose(self, pose_code: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Pose code ``[B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``."""
+        if self.pose_heads is None:
+            return None, None
+        return self.pose_heads(pose_code)
+
+    def forward(self, images: Tensor, shape_index: Tensor | None = None) -> ModelOutput:
+        """Args:
+            images: ``[B, 3, S, S]`` in [0, 1].
+            shape_index: optional ``[B']`` rows of ``images`` to decode shapes from (the
+                training loop passes the first view of each object); default all B.
+        Returns:
+            :class:`ModelOutput`; points/scale/colors have ``B'`` rows, poses ``B``.
+        """
+        z, pose_code = self.encoder(images)
+        points, scale, colors = self.shape(z if shape_index is None else z[shape_index])
+        cands, student = self.pose(pose_code)
+        return ModelOutput(points, scale, colors, cands, student)
+
+
+def build_model(cfg) -> DPCModel:
+    """Build the network from the full training config (``cfg.model``, ``cfg.data``)."""
+    m = cfg.model
+    return DPCModel(
+        image_size=int(cfg.data.image_size),
+        num_points=int(m.pc_num_points),
+        base_channels=int(m.encoder_base_channels),
+        fc_dim=int(m.fc_dim),
+        rgb=bool(m.pc_rgb),
+        max_scale=float(m.pc_occupancy_scaling_maximum),
+        predict_pose=bool(m.predict_pose),
+        num_candidates=int(m.pose_predict_num_candidates),
+        student=bool(m.pose_predictor_student),
+        points_init_std=float(m.pc_decoder_init_stddev),
+    )

@@ -1,0 +1,138 @@
+"""One training step's forward pass and losses (SPEC sections 3-5).
+
+Dimension letters: b objects on this rank, K views per object, M pose candidates,
+N points, G renderer grid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dpc.losses import l2_weight_decay, per_view_l2, student_loss, winner_takes_all
+from dpc.render import PointCloudRenderer
+
+
+class StepOutput(NamedTuple):
+    loss: Tensor  # scalar total (what is back-propagated)
+    terms: dict[str, Tensor]  # scalar loss terms, for logging
+    winner: Tensor | None  # [b, K] winning candidate per view
+    silhouette: Tensor  # [b, K, M, G, G] (detached)
+    points: Tensor  # [b, N, 3] (detached)
+    colors: Tensor | None  # [b, N, 3] (detached)
+    scale: Tensor  # [b] (detached)
+
+
+def dropout_indices(step: int, seed: int, global_batch: int, rank_slice: slice, num_points: int,
+                    keep: float, device) -> Tensor | None:
+    """Indices ``[b, n_keep]`` of the points kept at ``step`` (None = keep all).
+
+    Drawn for the whole global batch from a generator seeded by ``(seed, step)`` and then
+    sliced, so DDP ranks and a single process drop the same points of the same objects.
+    """
+    n_keep = max(1, int(np.ceil(keep * num_points)))
+    if n_keep >= num_points:
+        return None
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    scores = torch.rand(global_batch, num_points, generator=g)[rank_slice]
+    return scores.argsort(dim=1)[:, :n_keep].to(device)
+
+
+def compute_step(
+    model: nn.Module,  # DPCModel, or its DDP / compiled wrapper
+    raw_model: nn.Module,  # the DPCModel itself (for weight decay)
+    renderer: PointCloudRenderer,
+    batch: dict[str, Tensor],
+    cfg,
+    step: int,
+    sigma: float,
+    keep: float,
+    rank_slice: slice,
+    amp: bool = False,
+) -> StepOutput:
+    """Forward pass of the networks and the renderer, and the losses.
+
+    Unsupervised (``model.predict_pose``): every view's image is encoded for its pose,
+    the shape comes from the first view of each object and is rendered into all K views
+    with each of the M candidate poses; winner-takes-all picks, per view, the candidate
+    with the lowest loss; the student is pulled to the winner. Camera supervision: only the
+    first view is encoded and the shape is rendered with the K ground-truth poses.
+    """
+    images, masks = batch["image"], batch["mask"]  # [b, K, 3, S, S], [b, K, G, G]
+    b, K = masks.shape[:2]
+    lc = cfg.loss
+    predict_pose = bool(cfg.model.predict_pose)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        if predict_pose:
+            shape_index = torch.arange(b, device=images.device) * K  # first view of each object
+            out = model(images.flatten(0, 1), shape_index=shape_index)
+            quats = out.pose_candidates.view(b, K, -1, 4)  # [b, K, M, 4]
+        else:
+            out = model(images[:, 0])
+            quats = batch["quat"][:, :, None]  # [b, K, 1, 4]
+    points, scale, colors = out.points.float(), out.scale.float(), out.colors
+    quats = quats.float()
+    if colors is not None:
+        colors = colors.float()
+    M = quats.shape[2]
+
+    idx = dropout_indices(step, cfg.seed, int(cfg.trainer.batch_size), rank_slice,
+                          points.shape[1], keep, points.device)
+    pts, cols = points, colors
+    if idx is not None:
+        pts = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+        if colors is not None:
+            cols = torch.gather(colors, 1, idx[..., None].expand(-1, -1, 3))
+    n = pts.shape[1]
+    R = b * K * M
+    rend = renderer(
+        pts[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
+        quats.reshape(R, 4),
+        sigma=sigma,
+        scale=scale[:, None, None].expand(b, K, M).reshape(R),
+        colors=None if cols is None or lc.color_weight == 0 else
+        cols[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
+        return_depth=lc.depth_weight > 0,
+    )
+    G = rend.silhouette.shape[-1]
+    sil = rend.silhouette.view(b, K, M, G, G)
+    per_cand = per_view_l2(sil, masks[:, :, None])  # [b, K, M]
+    terms: dict[str, Tensor] = {}
+    if lc.color_weight > 0:
+        if rend.color is None:
+            raise ValueError("loss.color_weight > 0 needs model.pc_rgb=true")
+        target = torch.nn.functional.interpolate(
+            images.flatten(0, 1), size=(G, G), mode="bilinear", align_corners=True,
+            antialias=True).view(b, K, 1, 3, G, G)
+        col = per_view_l2(rend.color.view(b, K, M, 3, G, G), target, image_dims=3)
+        terms["color_loss"] = col
+        per_cand = per_cand + lc.color_weight * col
+    if lc.depth_weight > 0:
+        dep = per_view_l2(rend.depth.view(b, K, M, G, G), batch["depth"][:, :, None])
+        terms["depth_loss"] = dep
+        per_cand = per_cand + lc.depth_weight * dep
+
+    wta = winner_takes_all(per_cand)
+    winner = wta.winner if predict_pose else None
+    loss = wta.loss
+    sel = lambda t: t.gather(-1, wta.winner[..., None])[..., 0].mean()
+    proj = per_view_l2(sil, masks[:, :, None])
+    terms = {k: sel(v) for k, v in terms.items()}
+    terms["projection_loss"] = sel(proj)
+    if predict_pose and out.pose_student is not None and lc.pose_student_align_loss > 0:
+        teacher = quats.gather(2, wta.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
+        st = student_loss(out.pose_student.float().view(b, K, 4), teacher)
+        terms["student_loss"] = st
+        loss = loss + lc.pose_student_align_loss * st
+    wd = l2_weight_decay(raw_model, float(cfg.optim.weight_decay))
+    if isinstance(wd, Tensor):
+        terms["weight_decay"] = wd
+        loss = loss + wd
+    if cfg.trainer.debug_nan_steps and step in cfg.trainer.debug_nan_steps:
+        loss = loss * float("nan")  # test aid: exercises the non-finite guard
+    terms["loss"] = loss
+    return StepOutput(loss, terms, winner, sil.detach(), points.detach(),
+                      None if colors is None else colors.detach(), scale.detach())
