@@ -1,0 +1,65 @@
+"""Shape and pose metrics (SPEC section 6).
+
+Frames and quaternions (docs/CONTRACTS.md): a camera quaternion maps object-frame points
+to the camera frame. An unsupervised model predicts a shape ``P_pred`` in a frame of its
+own choosing and poses ``q_pred`` mapping *that* frame to the camera. If ``q_a`` rotates
+the predicted frame onto the ground-truth frame (``P_gt ~ q_a P_pred q_a^-1``), the same
+camera sees ``q_pred P_pred = q_gt P_gt = q_gt q_a P_pred``, so per view
+
+    q_a = q_gt^-1 q_pred     and the aligned pose is  q_pred q_a^-1  (maps GT frame -> camera).
+
+The pose error of a view is the angle of ``q_gt^-1 (q_pred q_a^-1)``; the shape is scored
+after rotating the predicted points by ``q_a``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+from dpc.camera import deg, quat_angle, quat_conj, quat_mul, quat_normalize
+from kernels.chamfer import chamfer_distance
+
+
+def shape_metrics(
+    pred: Tensor,  # [B, N, 3]
+    gt: Tensor,  # [B, P, 3] (or [1, P, 3], broadcast to B)
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Precision (mean pred->gt nearest distance) and coverage (mean gt->pred) ``[B]`` each,
+    Euclidean, not squared, not x100."""
+    if gt.shape[0] == 1 and pred.shape[0] > 1:
+        gt = gt.expand(pred.shape[0], -1, -1)
+    d = chamfer_distance(pred, gt.to(pred.dtype), squared=False, backend=backend)
+    return d.x_to_y.mean(1), d.y_to_x.mean(1)
+
+
+def align_points(points: Tensor, q_align: Tensor) -> Tensor:
+    """Rotate predicted points ``[B, N, 3]`` into the ground-truth frame by ``q_align [4]``."""
+    from dpc.camera import quat_rotate
+
+    q = quat_normalize(q_align.to(points.dtype)).expand(points.shape[0], 4)
+    return quat_rotate(q, points)
+
+
+def aligned_pose(q_pred: Tensor, q_align: Tensor | None) -> Tensor:
+    """Predicted camera quaternions ``[..., 4]`` re-expressed for the ground-truth frame:
+    ``q_pred q_align^-1`` (identity alignment when ``q_align`` is None)."""
+    if q_align is None:
+        return quat_normalize(q_pred)
+    return quat_normalize(quat_mul(quat_normalize(q_pred), quat_conj(quat_normalize(q_align))))
+
+
+def pose_errors_deg(q_pred: Tensor, q_gt: Tensor, q_align: Tensor | None = None) -> Tensor:
+    """Angular errors ``[...]`` in degrees: angle of ``q_gt^-1 (q_pred q_align^-1)``."""
+    return deg(quat_angle(q_gt.double(), aligned_pose(q_pred.double(), q_align)))
+
+
+def pose_summary(errors_deg: np.ndarray | Tensor, threshold_deg: float = 30.0) -> dict[str, float]:
+    """``{"accuracy": fraction of errors < threshold, "median_deg": median error}``."""
+    e = np.asarray(errors_deg, dtype=np.float64).reshape(-1)
+    if e.size == 0:
+        raise ValueError("pose_summary: no pose errors to summarise (empty input)")
+    if not np.isfinite(e).all():
+        raise ValueError("pose_summary: pose errors contain NaN or inf")
+    return {"accuracy": float((e < threshold_deg).mean()), "median_deg": float(np.median(e))}

@@ -1,0 +1,331 @@
+"""Evaluate a trained run on a split: ``python -m dpc.evaluate run_dir=<dir> split=test``.
+
+Writes into ``<run_dir>/eval/<split>/`` (or ``out=``):
+  predictions.npz                 points [n_obj, V, N, 3] (float16), scale, poses per view
+  ply/<object_id>_v<k>.ply        predicted clouds (model frame; ``ply_views`` per object)
+  chamfer_pred_<split>.txt        "precision coverage" x100 (SPEC section 6)
+  pose_error_pred_<split>.txt     "accuracy median_deg" (runs that predict poses)
+  metrics_<split>.json            the same, per object, baselines, skipped views, settings
+and, for runs that predict poses, ``<run_dir>/eval/alignment.json`` (global rotation,
+estimated on ``align_split`` once and reused). See docs/eval.md for every option.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
+from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
+from dpc.eval.metrics import align_points, aligned_pose, pose_errors_deg, pose_summary, shape_metrics
+from dpc.eval.predict import Predictions, predict_split, write_ply
+
+DEFAULTS = {
+    "run_dir": None,  # trained run directory (checkpoints/last.pt) [required]
+    "split": "test",  # split to evaluate
+    "out": None,  # output folder, default <run_dir>/eval/<split>
+    "device": "auto",  # auto (cuda if available) | cpu | cuda
+    "batch_size": 32,  # images per forward pass
+    "max_objects": None,  # evaluate the first N objects only (quick checks)
+    "data_path": None,  # dataset folder overriding the run's config
+    "gt_dense": False,  # score against the dense ground truth (16k points) instead of 8k
+    "chamfer_backend": "auto",  # auto | kdtree | keops | reference
+    "align_split": "val",  # split the global alignment is estimated on
+    "align_max_objects": 100,  # objects of align_split used for the alignment
+    "recompute_alignment": False,  # ignore a saved alignment.json
+    "ply_views": 1,  # PLY files per object (views 0..k-1); 0 = none, -1 = all
+    "baselines": True,  # score the mean-shape and mean-view baselines
+    "strict": False,  # raise instead of skipping views with NaN points / objects without GT
+    "progress": True,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def open_reader(cfg, data_path: str | None):
+    """The run's dataset reader, or the on-disk dataset at ``data_path``."""
+    if data_path:
+        import dpc.data as dpc_data
+
+        if not Path(data_path).exists():
+            raise FileNotFoundError(f"data_path does not exist: {data_path}")
+        return dpc_data.open_dataset(data_path)
+    from dpc.training.data import open_training_data
+
+    return open_training_data(cfg)
+
+
+def load_gt(reader, split: str, dense: bool) -> np.ndarray:
+    """Ground-truth clouds ``[n_obj, P, 3]`` with a clear error when the split has none."""
+    try:
+        gt = reader.gt_points(split, dense=dense)
+    except (KeyError, FileNotFoundError, OSError) as e:
+        raise ValueError(f"split {split!r} has no ground-truth point clouds ({e})") from e
+    if gt is None:
+        raise ValueError(f"split {split!r} has no ground-truth point clouds")
+    return np.asarray(gt)
+
+
+def valid_gt_mask(gt: np.ndarray) -> np.ndarray:
+    """``[n_obj]`` bool: objects with a usable ground-truth cloud (finite, not all zero —
+    a zero-filled row is how a missing cloud shows up in an array file)."""
+    flat = gt.reshape(gt.shape[0], -1)
+    return np.isfinite(flat).all(1) & (np.abs(np.nan_to_num(flat)).sum(1) > 0)
+
+
+def renderer_from_cfg(cfg):
+    from dpc.render import PointCloudRenderer, RenderSettings
+
+    r = cfg.render
+    return PointCloudRenderer(RenderSettings(
+        vox_size=int(r.vox_size), kernel_size=int(r.pc_gauss_kernel_size),
+        projection=str(r.get("projection", "drc")), backend=str(r.get("backend", "auto")),
+    ))
+
+
+def final_sigma(cfg) -> float:
+    return float(cfg.render.get("pc_relative_sigma_end", 0.2) or 0.2)
+
+
+def get_alignment(model, cfg, reader, opts, run_dir: Path, step: int | None, device) -> AlignmentResult:
+    """Load ``<run_dir>/eval/alignment.json`` if it was computed for this checkpoint step,
+    else estimate it on ``align_split`` and save it."""
+    path = run_dir / "eval" / "alignment.json"
+    if path.exists() and not opts.recompute_alignment:
+        al = AlignmentResult.load(path)
+        if al.step == step:
+            print(f"using saved global alignment {path} (quat {np.round(al.quat, 4).tolist()})")
+            return al
+        warnings.warn(f"{path} was computed for step {al.step}, the checkpoint is at step "
+                      f"{step}: recomputing", stacklevel=2)
+    split = str(opts.align_split)
+    pv = predict_split(model, reader, split, int(cfg.data.image_size), device,
+                       int(opts.batch_size), max_objects=opts.align_max_objects,
+                       renderer=renderer_from_cfg(cfg), sigma=final_sigma(cfg),
+                       progress=opts.progress)
+    gt = load_gt(reader, split, bool(opts.gt_dense))[: pv.points.shape[0]]
+    q_gt = np.asarray(reader.quats(split))[: pv.points.shape[0]]
+    ok = valid_gt_mask(gt) & np.isfinite(pv.points).reshape(len(gt), -1).all(1)
+    if not ok.any():
+        raise ValueError(f"no {split} object with finite predictions and ground truth to align on")
+    al = estimate_global_alignment(pv.points[ok], pv.quat[ok], gt[ok], q_gt[ok],
+                                   progress=opts.progress)
+    al.split, al.step = split, step
+    # record kept object indices in the split's numbering
+    idx = np.nonzero(ok)[0]
+    al.kept = [(int(idx[o]), v) for o, v in al.kept]
+    al.save(path)
+    print(f"saved global alignment to {path} (quat {np.round(al.quat, 4).tolist()})")
+    return al
+
+
+def evaluate(**kwargs) -> dict:
+    """Run the whole evaluation (see :data:`DEFAULTS` for the arguments); returns the
+    metrics dictionary also written to ``metrics_<split>.json``."""
+    unknown = set(kwargs) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opts = OmegaConf.create({**DEFAULTS, **kwargs})
+    if not opts.run_dir:
+        raise ValueError("run_dir is required: python -m dpc.evaluate run_dir=<dir> split=test")
+    run_dir = Path(str(opts.run_dir))
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir is not a directory: {run_dir}")
+    from dpc.training.checkpoint import find_checkpoint, load_checkpoint, load_run
+
+    ckpt_path = find_checkpoint(run_dir)  # clear FileNotFoundError without a checkpoint
+    step = int(load_checkpoint(ckpt_path).get("step", -1))
+    device = resolve_device(str(opts.device))
+    model, cfg = load_run(run_dir, device)
+    reader = open_reader(cfg, opts.data_path)
+    split = str(opts.split)
+    out = Path(str(opts.out)) if opts.out else run_dir / "eval" / split
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    # 1. predictions
+    preds = predict_split(model, reader, split, int(cfg.data.image_size), device,
+                          int(opts.batch_size), max_objects=opts.max_objects,
+                          renderer=renderer_from_cfg(cfg), sigma=final_sigma(cfg),
+                          progress=opts.progress)
+    n_obj, V = preds.points.shape[:2]
+    preds.save_npz(out / "predictions.npz")
+    _write_plys(out / "ply", preds, int(opts.ply_views))
+
+    # 2. global alignment (runs that predict poses)
+    al = None
+    if preds.predicts_pose:
+        al = get_alignment(model, cfg, reader, opts, run_dir, step, device)
+
+    # 3. scoring
+    gt = load_gt(reader, split, bool(opts.gt_dense))[:n_obj]
+    res = score(preds, gt, np.asarray(reader.quats(split))[:n_obj], al, opts)
+    res.update(run_dir=str(run_dir), checkpoint_step=step, split=split,
+               num_views=V, gt_dense=bool(opts.gt_dense), seconds=None)
+    if opts.baselines:
+        res["baselines"] = baselines(reader, split, gt, res["_valid_gt"], preds.predicts_pose, opts)
+    res.pop("_valid_gt")
+    res["seconds"] = round(time.time() - t0, 1)
+    _write_outputs(out, split, res, preds, al)
+    _print_summary(res, out)
+    return res
+
+
+def score(preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentResult | None,
+          opts) -> dict:
+    """Shape (and pose) metrics per object and view, with skipped views counted."""
+    n_obj, V = preds.points.shape[:2]
+    valid_gt = valid_gt_mask(gt)
+    finite = np.isfinite(preds.points).reshape(n_obj, V, -1).all(-1)  # [n_obj, V]
+    ids = preds.object_ids
+    if not valid_gt.all():
+        bad = [ids[i] for i in np.nonzero(~valid_gt)[0]]
+        msg = f"{len(bad)} object(s) without usable ground truth: {bad[:10]}"
+        if opts.strict:
+            raise ValueError(msg)
+        warnings.warn(msg + " (skipped, counted in 'skipped')", stacklevel=2)
+    nan_views = [(ids[o], int(v)) for o, v in zip(*np.nonzero(~finite)) if valid_gt[o]]
+    if nan_views:
+        msg = f"{len(nan_views)} view(s) with NaN/inf predicted points: {nan_views[:10]}"
+        if opts.strict:
+            raise ValueError(msg)
+        warnings.warn(msg + " (skipped, counted in 'skipped')", stacklevel=2)
+    q_al = al.tensor() if al is not None else None
+    per_obj = []
+    prec_all, cov_all, pose_all = [], [], []
+    it = range(n_obj)
+    if opts.progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="score", unit="obj")
+    for o in it:
+        if not valid_gt[o]:
+            continue
+        vs = np.nonzero(finite[o])[0]
+        row = {"object_id": ids[o], "views": vs.tolist()}
+        if len(vs):
+            p = torch.from_numpy(preds.points[o, vs])
+            if q_al is not None:
+                p = align_points(p.double(), q_al).float()
+            prec, cov = shape_metrics(p, torch.from_numpy(np.asarray(gt[o], np.float32))[None],
+                                      backend=str(opts.chamfer_backend))
+            row["precision"] = (prec * 100).tolist()
+            row["coverage"] = (cov * 100).tolist()
+            prec_all += row["precision"]
+            cov_all += row["coverage"]
+        if preds.predicts_pose:
+            vq = np.nonzero(np.isfinite(preds.quat[o]).all(-1))[0]
+            err = pose_errors_deg(torch.from_numpy(preds.quat[o, vq]),
+                                  torch.from_numpy(q_gt[o, vq]), q_al).numpy()
+            row["pose_error_deg"] = err.tolist()
+            pose_all += err.tolist()
+        per_obj.append(row)
+    if not prec_all:
+        raise ValueError("no view could be scored: every prediction is NaN or has no ground truth")
+    res = {
+        "precision": float(np.mean(prec_all)),
+        "coverage": float(np.mean(cov_all)),
+        "num_scored_views": len(prec_all),
+        "skipped": {
+            "objects_without_gt": [ids[i] for i in np.nonzero(~valid_gt)[0]],
+            "views_with_nan_points": [list(x) for x in nan_views],
+        },
+        "per_object": per_obj,
+        "_valid_gt": valid_gt,
+    }
+    res["chamfer"] = res["precision"] + res["coverage"]
+    if preds.predicts_pose:
+        res["pose"] = {**pose_summary(pose_all), "num_views": len(pose_all),
+                       "alignment_quat": al.quat if al is not None else None}
+    return res
+
+
+def baselines(reader, split, gt, valid_gt, with_pose: bool, opts) -> dict:
+    """Mean-shape (Chamfer medoid of train) and mean-view baselines on the same objects."""
+    out = {}
+    if "train" not in reader.splits:
+        warnings.warn("no train split: baselines skipped", stacklevel=2)
+        return out
+    train_gt = load_gt(reader, "train", bool(opts.gt_dense))
+    tv = valid_gt_mask(train_gt)
+    idx, cloud = chamfer_medoid(train_gt[tv])
+    out["mean_shape"] = {**mean_shape_baseline(cloud, gt, valid_gt),
+                         "definition": "Chamfer medoid of the training ground-truth clouds",
+                         "train_object": reader.splits["train"][int(np.nonzero(tv)[0][idx])]}
+    if with_pose:
+        q_gt = np.asarray(reader.quats(split))[: len(gt)][valid_gt]
+        out["mean_view"] = {**mean_view_baseline(reader.quats("train"), q_gt),
+                            "definition": "Markley mean of the training camera quaternions"}
+    return out
+
+
+def _write_plys(folder: Path, preds: Predictions, ply_views: int) -> None:
+    V = preds.points.shape[1]
+    k = V if ply_views < 0 else min(ply_views, V)
+    for o, oid in enumerate(preds.object_ids):
+        for v in range(k):
+            if np.isfinite(preds.points[o, v]).all():
+                write_ply(folder / f"{oid}_v{v}.ply", preds.points[o, v])
+
+
+def _write_outputs(out: Path, split: str, res: dict, preds: Predictions, al) -> None:
+    (out / f"chamfer_pred_{split}.txt").write_text(f"{res['precision']:.6f} {res['coverage']:.6f}\n")
+    if "pose" in res:
+        p = res["pose"]
+        (out / f"pose_error_pred_{split}.txt").write_text(
+            f"{p['accuracy']:.6f} {p['median_deg']:.6f}\n")
+        # per-view poses, raw and re-expressed in the GT frame
+        q = torch.from_numpy(preds.quat).double()
+        np.savez(out / f"poses_{split}.npz", quat_pred=preds.quat,
+                 quat_aligned=aligned_pose(q, al.tensor() if al else None).float().numpy(),
+                 object_ids=np.array(preds.object_ids))
+    (out / f"metrics_{split}.json").write_text(json.dumps(res, indent=1))
+
+
+def _print_summary(res: dict, out: Path) -> None:
+    lines = [f"{res['split']}: {res['num_scored_views']} views, {res['seconds']} s -> {out}",
+             f"  model       precision {res['precision']:.3f}  coverage {res['coverage']:.3f}  "
+             f"chamfer {res['chamfer']:.3f}  (x100)"]
+    b = res.get("baselines", {})
+    if "mean_shape" in b:
+        m = b["mean_shape"]
+        lines.append(f"  mean shape  precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
+                     f"chamfer {m['chamfer']:.3f}")
+    if "pose" in res:
+        p = res["pose"]
+        lines.append(f"  pose        acc@30 {p['accuracy']:.3f}  median {p['median_deg']:.1f} deg")
+        if "mean_view" in b:
+            mv = b["mean_view"]
+            lines.append(f"  mean view   acc@30 {mv['accuracy']:.3f}  median {mv['median_deg']:.1f} deg")
+    skipped = res["skipped"]
+    if skipped["objects_without_gt"] or skipped["views_with_nan_points"]:
+        lines.append(f"  SKIPPED: {len(skipped['objects_without_gt'])} objects without GT, "
+                     f"{len(skipped['views_with_nan_points'])} views with NaN points")
+    print("\n".join(lines))
+
+
+def parse_cli(argv: list[str]) -> dict:
+    """``key=value`` arguments (OmegaConf dotlist syntax, e.g. ``objects=[0,1]``)."""
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise SystemExit(f"arguments must be key=value, got {bad}")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    evaluate(**parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
