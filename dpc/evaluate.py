@@ -24,7 +24,13 @@ from omegaconf import OmegaConf
 
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
-from dpc.eval.metrics import align_points, aligned_pose, pose_errors_deg, pose_summary, shape_metrics
+from dpc.eval.metrics import (
+    align_points,
+    aligned_pose,
+    pose_errors_deg,
+    pose_summary,
+    shape_metrics,
+)
 from dpc.eval.predict import Predictions, predict_split, write_ply
 
 DEFAULTS = {
@@ -88,17 +94,23 @@ def renderer_from_cfg(cfg):
     from dpc.render import PointCloudRenderer, RenderSettings
 
     r = cfg.render
-    return PointCloudRenderer(RenderSettings(
-        vox_size=int(r.vox_size), kernel_size=int(r.pc_gauss_kernel_size),
-        projection=str(r.get("projection", "drc")), backend=str(r.get("backend", "auto")),
-    ))
+    return PointCloudRenderer(
+        RenderSettings(
+            vox_size=int(r.vox_size),
+            kernel_size=int(r.pc_gauss_kernel_size),
+            projection=str(r.get("projection", "drc")),
+            backend=str(r.get("backend", "auto")),
+        )
+    )
 
 
 def final_sigma(cfg) -> float:
     return float(cfg.render.get("pc_relative_sigma_end", 0.2) or 0.2)
 
 
-def get_alignment(model, cfg, reader, opts, run_dir: Path, step: int | None, device) -> AlignmentResult:
+def get_alignment(
+    model, cfg, reader, opts, run_dir: Path, step: int | None, device
+) -> AlignmentResult:
     """Load ``<run_dir>/eval/alignment.json`` if it was computed for this checkpoint step,
     else estimate it on ``align_split`` and save it."""
     path = run_dir / "eval" / "alignment.json"
@@ -107,20 +119,32 @@ def get_alignment(model, cfg, reader, opts, run_dir: Path, step: int | None, dev
         if al.step == step:
             print(f"using saved global alignment {path} (quat {np.round(al.quat, 4).tolist()})")
             return al
-        warnings.warn(f"{path} was computed for step {al.step}, the checkpoint is at step "
-                      f"{step}: recomputing", stacklevel=2)
+        warnings.warn(
+            f"{path} was computed for step {al.step}, the checkpoint is at step "
+            f"{step}: recomputing",
+            stacklevel=2,
+        )
     split = str(opts.align_split)
-    pv = predict_split(model, reader, split, int(cfg.data.image_size), device,
-                       int(opts.batch_size), max_objects=opts.align_max_objects,
-                       renderer=renderer_from_cfg(cfg), sigma=final_sigma(cfg),
-                       progress=opts.progress)
+    pv = predict_split(
+        model,
+        reader,
+        split,
+        int(cfg.data.image_size),
+        device,
+        int(opts.batch_size),
+        max_objects=opts.align_max_objects,
+        renderer=renderer_from_cfg(cfg),
+        sigma=final_sigma(cfg),
+        progress=opts.progress,
+    )
     gt = load_gt(reader, split, bool(opts.gt_dense))[: pv.points.shape[0]]
     q_gt = np.asarray(reader.quats(split))[: pv.points.shape[0]]
     ok = valid_gt_mask(gt) & np.isfinite(pv.points).reshape(len(gt), -1).all(1)
     if not ok.any():
         raise ValueError(f"no {split} object with finite predictions and ground truth to align on")
-    al = estimate_global_alignment(pv.points[ok], pv.quat[ok], gt[ok], q_gt[ok],
-                                   progress=opts.progress)
+    al = estimate_global_alignment(
+        pv.points[ok], pv.quat[ok], gt[ok], q_gt[ok], progress=opts.progress
+    )
     al.split, al.step = split, step
     # record kept object indices in the split's numbering
     idx = np.nonzero(ok)[0]
@@ -155,10 +179,18 @@ def evaluate(**kwargs) -> dict:
     t0 = time.time()
 
     # 1. predictions
-    preds = predict_split(model, reader, split, int(cfg.data.image_size), device,
-                          int(opts.batch_size), max_objects=opts.max_objects,
-                          renderer=renderer_from_cfg(cfg), sigma=final_sigma(cfg),
-                          progress=opts.progress)
+    preds = predict_split(
+        model,
+        reader,
+        split,
+        int(cfg.data.image_size),
+        device,
+        int(opts.batch_size),
+        max_objects=opts.max_objects,
+        renderer=renderer_from_cfg(cfg),
+        sigma=final_sigma(cfg),
+        progress=opts.progress,
+    )
     n_obj, V = preds.points.shape[:2]
     preds.save_npz(out / "predictions.npz")
     _write_plys(out / "ply", preds, int(opts.ply_views))
@@ -171,8 +203,14 @@ def evaluate(**kwargs) -> dict:
     # 3. scoring
     gt = load_gt(reader, split, bool(opts.gt_dense))[:n_obj]
     res = score(preds, gt, np.asarray(reader.quats(split))[:n_obj], al, opts)
-    res.update(run_dir=str(run_dir), checkpoint_step=step, split=split,
-               num_views=V, gt_dense=bool(opts.gt_dense), seconds=None)
+    res.update(
+        run_dir=str(run_dir),
+        checkpoint_step=step,
+        split=split,
+        num_views=V,
+        gt_dense=bool(opts.gt_dense),
+        seconds=None,
+    )
     if opts.baselines:
         res["baselines"] = baselines(reader, split, gt, res["_valid_gt"], preds.predicts_pose, opts)
     res.pop("_valid_gt")
@@ -182,8 +220,9 @@ def evaluate(**kwargs) -> dict:
     return res
 
 
-def score(preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentResult | None,
-          opts) -> dict:
+def score(
+    preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentResult | None, opts
+) -> dict:
     """Shape (and pose) metrics per object and view, with skipped views counted."""
     n_obj, V = preds.points.shape[:2]
     valid_gt = valid_gt_mask(gt)
@@ -218,16 +257,20 @@ def score(preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentRes
             p = torch.from_numpy(preds.points[o, vs])
             if q_al is not None:
                 p = align_points(p.double(), q_al).float()
-            prec, cov = shape_metrics(p, torch.from_numpy(np.asarray(gt[o], np.float32))[None],
-                                      backend=str(opts.chamfer_backend))
+            prec, cov = shape_metrics(
+                p,
+                torch.from_numpy(np.asarray(gt[o], np.float32))[None],
+                backend=str(opts.chamfer_backend),
+            )
             row["precision"] = (prec * 100).tolist()
             row["coverage"] = (cov * 100).tolist()
             prec_all += row["precision"]
             cov_all += row["coverage"]
         if preds.predicts_pose:
             vq = np.nonzero(np.isfinite(preds.quat[o]).all(-1))[0]
-            err = pose_errors_deg(torch.from_numpy(preds.quat[o, vq]),
-                                  torch.from_numpy(q_gt[o, vq]), q_al).numpy()
+            err = pose_errors_deg(
+                torch.from_numpy(preds.quat[o, vq]), torch.from_numpy(q_gt[o, vq]), q_al
+            ).numpy()
             row["pose_error_deg"] = err.tolist()
             pose_all += err.tolist()
         per_obj.append(row)
@@ -246,8 +289,11 @@ def score(preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentRes
     }
     res["chamfer"] = res["precision"] + res["coverage"]
     if preds.predicts_pose:
-        res["pose"] = {**pose_summary(pose_all), "num_views": len(pose_all),
-                       "alignment_quat": al.quat if al is not None else None}
+        res["pose"] = {
+            **pose_summary(pose_all),
+            "num_views": len(pose_all),
+            "alignment_quat": al.quat if al is not None else None,
+        }
     return res
 
 
@@ -260,13 +306,17 @@ def baselines(reader, split, gt, valid_gt, with_pose: bool, opts) -> dict:
     train_gt = load_gt(reader, "train", bool(opts.gt_dense))
     tv = valid_gt_mask(train_gt)
     idx, cloud = chamfer_medoid(train_gt[tv])
-    out["mean_shape"] = {**mean_shape_baseline(cloud, gt, valid_gt),
-                         "definition": "Chamfer medoid of the training ground-truth clouds",
-                         "train_object": reader.splits["train"][int(np.nonzero(tv)[0][idx])]}
+    out["mean_shape"] = {
+        **mean_shape_baseline(cloud, gt, valid_gt),
+        "definition": "Chamfer medoid of the training ground-truth clouds",
+        "train_object": reader.splits["train"][int(np.nonzero(tv)[0][idx])],
+    }
     if with_pose:
         q_gt = np.asarray(reader.quats(split))[: len(gt)][valid_gt]
-        out["mean_view"] = {**mean_view_baseline(reader.quats("train"), q_gt),
-                            "definition": "Markley mean of the training camera quaternions"}
+        out["mean_view"] = {
+            **mean_view_baseline(reader.quats("train"), q_gt),
+            "definition": "Markley mean of the training camera quaternions",
+        }
     return out
 
 
@@ -280,38 +330,52 @@ def _write_plys(folder: Path, preds: Predictions, ply_views: int) -> None:
 
 
 def _write_outputs(out: Path, split: str, res: dict, preds: Predictions, al) -> None:
-    (out / f"chamfer_pred_{split}.txt").write_text(f"{res['precision']:.6f} {res['coverage']:.6f}\n")
+    (out / f"chamfer_pred_{split}.txt").write_text(
+        f"{res['precision']:.6f} {res['coverage']:.6f}\n"
+    )
     if "pose" in res:
         p = res["pose"]
         (out / f"pose_error_pred_{split}.txt").write_text(
-            f"{p['accuracy']:.6f} {p['median_deg']:.6f}\n")
+            f"{p['accuracy']:.6f} {p['median_deg']:.6f}\n"
+        )
         # per-view poses, raw and re-expressed in the GT frame
         q = torch.from_numpy(preds.quat).double()
-        np.savez(out / f"poses_{split}.npz", quat_pred=preds.quat,
-                 quat_aligned=aligned_pose(q, al.tensor() if al else None).float().numpy(),
-                 object_ids=np.array(preds.object_ids))
+        np.savez(
+            out / f"poses_{split}.npz",
+            quat_pred=preds.quat,
+            quat_aligned=aligned_pose(q, al.tensor() if al else None).float().numpy(),
+            object_ids=np.array(preds.object_ids),
+        )
     (out / f"metrics_{split}.json").write_text(json.dumps(res, indent=1))
 
 
 def _print_summary(res: dict, out: Path) -> None:
-    lines = [f"{res['split']}: {res['num_scored_views']} views, {res['seconds']} s -> {out}",
-             f"  model       precision {res['precision']:.3f}  coverage {res['coverage']:.3f}  "
-             f"chamfer {res['chamfer']:.3f}  (x100)"]
+    lines = [
+        f"{res['split']}: {res['num_scored_views']} views, {res['seconds']} s -> {out}",
+        f"  model       precision {res['precision']:.3f}  coverage {res['coverage']:.3f}  "
+        f"chamfer {res['chamfer']:.3f}  (x100)",
+    ]
     b = res.get("baselines", {})
     if "mean_shape" in b:
         m = b["mean_shape"]
-        lines.append(f"  mean shape  precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
-                     f"chamfer {m['chamfer']:.3f}")
+        lines.append(
+            f"  mean shape  precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
+            f"chamfer {m['chamfer']:.3f}"
+        )
     if "pose" in res:
         p = res["pose"]
         lines.append(f"  pose        acc@30 {p['accuracy']:.3f}  median {p['median_deg']:.1f} deg")
         if "mean_view" in b:
             mv = b["mean_view"]
-            lines.append(f"  mean view   acc@30 {mv['accuracy']:.3f}  median {mv['median_deg']:.1f} deg")
+            lines.append(
+                f"  mean view   acc@30 {mv['accuracy']:.3f}  median {mv['median_deg']:.1f} deg"
+            )
     skipped = res["skipped"]
     if skipped["objects_without_gt"] or skipped["views_with_nan_points"]:
-        lines.append(f"  SKIPPED: {len(skipped['objects_without_gt'])} objects without GT, "
-                     f"{len(skipped['views_with_nan_points'])} views with NaN points")
+        lines.append(
+            f"  SKIPPED: {len(skipped['objects_without_gt'])} objects without GT, "
+            f"{len(skipped['views_with_nan_points'])} views with NaN points"
+        )
     print("\n".join(lines))
 
 

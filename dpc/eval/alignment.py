@@ -72,7 +72,11 @@ def icp_rotation(
     T = np.eye(4)
     T[:3, :3] = quat_to_matrix(torch.as_tensor(q_init, dtype=torch.float64)).numpy()
     res = reg.registration_icp(
-        src, tgt, threshold, T, reg.TransformationEstimationPointToPoint(),
+        src,
+        tgt,
+        threshold,
+        T,
+        reg.TransformationEstimationPointToPoint(),
         reg.ICPConvergenceCriteria(max_iteration=max_iterations),
     )
     R = np.asarray(res.transformation)[:3, :3].copy()

@@ -71,8 +71,12 @@ def mean_shape_baseline(
         p, c = shape_metrics(m, torch.from_numpy(np.asarray(gt_points[i], np.float32))[None])
         prec.append(float(p[0]) * 100)
         cov.append(float(c[0]) * 100)
-    return {"precision": float(np.mean(prec)), "coverage": float(np.mean(cov)),
-            "chamfer": float(np.mean(prec) + np.mean(cov)), "num_objects": len(prec)}
+    return {
+        "precision": float(np.mean(prec)),
+        "coverage": float(np.mean(cov)),
+        "chamfer": float(np.mean(prec) + np.mean(cov)),
+        "num_objects": len(prec),
+    }
 
 
 def mean_view_baseline(train_quats, test_quats) -> dict:

@@ -38,8 +38,11 @@ class Predictions:
         saving; float16 keeps 3-4 significant digits, ~1e-4 in [-0.5, 0.5])."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"points": self.points.astype(np.float16), "scale": self.scale,
-                  "object_ids": np.array(self.object_ids)}
+        arrays = {
+            "points": self.points.astype(np.float16),
+            "scale": self.scale,
+            "object_ids": np.array(self.object_ids),
+        }
         if self.quat is not None:
             arrays["quat"] = self.quat
             arrays["candidates"] = self.candidates
@@ -50,10 +53,12 @@ class Predictions:
 def load_predictions_npz(path: str | Path, split: str = "") -> Predictions:
     d = np.load(path)
     return Predictions(
-        points=d["points"].astype(np.float32), scale=d["scale"],
+        points=d["points"].astype(np.float32),
+        scale=d["scale"],
         quat=d["quat"] if "quat" in d else None,
         candidates=d["candidates"] if "candidates" in d else None,
-        object_ids=[str(s) for s in d["object_ids"]], split=split,
+        object_ids=[str(s) for s in d["object_ids"]],
+        split=split,
     )
 
 
@@ -63,8 +68,14 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pts = np.asarray(points, dtype="<f4").reshape(-1, 3)
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(pts)}",
-              "property float x", "property float y", "property float z"]
+    header = [
+        "ply",
+        "format binary_little_endian 1.0",
+        f"element vertex {len(pts)}",
+        "property float x",
+        "property float y",
+        "property float z",
+    ]
     if colors is not None:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
         c = (np.clip(np.asarray(colors).reshape(-1, 3), 0, 1) * 255).round().astype(np.uint8)
@@ -82,8 +93,9 @@ def prepare_images(images_u8: np.ndarray, image_size: int) -> torch.Tensor:
     (antialiased bilinear, :class:`dpc.training.data.BatchSampler`)."""
     img = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
     if img.shape[-1] != image_size:
-        img = F.interpolate(img, size=(image_size, image_size), mode="bilinear",
-                            align_corners=False, antialias=True)
+        img = F.interpolate(
+            img, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
     return img
 
 
@@ -95,8 +107,12 @@ def _best_candidate(model_out, masks_u8, renderer, sigma) -> torch.Tensor:
     pts, cands = model_out.points, model_out.pose_candidates  # [B, N, 3], [B, M, 4]
     B, M = cands.shape[:2]
     G = renderer.settings.vox_size
-    sil = renderer(pts.repeat_interleave(M, 0), cands.reshape(B * M, 4), sigma=sigma,
-                   scale=model_out.scale.repeat_interleave(M, 0)).silhouette.view(B, M, G, G)
+    sil = renderer(
+        pts.repeat_interleave(M, 0),
+        cands.reshape(B * M, 4),
+        sigma=sigma,
+        scale=model_out.scale.repeat_interleave(M, 0),
+    ).silhouette.view(B, M, G, G)
     m = torch.from_numpy(np.ascontiguousarray(masks_u8)).float().to(pts.device) / 255
     m = resize_masks(m, G)
     err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)  # [B, M]
@@ -168,8 +184,11 @@ def predict_split(
                 if renderer is None:
                     raise ValueError("several pose candidates and no student: pass a renderer")
                 if not warned:
-                    warnings.warn("no student pose head: choosing, per view, the candidate "
-                                  "that best reprojects onto the input mask", stacklevel=2)
+                    warnings.warn(
+                        "no student pose head: choosing, per view, the candidate "
+                        "that best reprojects onto the input mask",
+                        stacklevel=2,
+                    )
                     warned = True
                 q = _best_candidate(out, masks[o, v], renderer, sigma)
             quat.append(q.float().cpu())
