@@ -1,0 +1,244 @@
+"""Pictures of a trained run's predictions:
+``python -m dpc.visualize run_dir=<dir> split=test objects=[0,1,2] out=<folder>``.
+
+Per object, ``<out>/<object_id>.png`` with three rows:
+  1. the input view, its ground-truth mask, and the predicted silhouette(s) of that view
+     (masks and silhouettes drawn dark on white)
+     (camera-supervised: rendered with the ground-truth pose; pose-predicting runs: one
+     per candidate, plus the student), with the projection error in the label;
+  2. the predicted point cloud rendered from fixed viewpoints (depth-shaded, with the
+     project's own differentiable renderer at a small blur);
+  3. the ground-truth cloud from the same viewpoints.
+and ``<out>/<object_id>.html``: an interactive 3D plot (plotly; predicted cloud, with the
+ground truth as a second, toggleable trace). For runs that predict poses the predicted
+cloud is shown in the ground-truth frame when ``<run_dir>/eval/alignment.json`` exists
+(written by ``python -m dpc.evaluate``), else in the model's own frame (said in the title).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+
+from dpc.camera import resize_masks, view_quat
+from dpc.eval.alignment import AlignmentResult
+from dpc.eval.metrics import align_points
+from dpc.eval.predict import prepare_images
+from dpc.render import PointCloudRenderer, RenderSettings
+
+DEFAULTS = {
+    "run_dir": None,  # trained run directory [required]
+    "split": "test",
+    "objects": [0, 1, 2],  # object indices within the split
+    "view": 0,  # which view is the input image
+    "out": None,  # output folder, default <run_dir>/vis/<split>
+    "device": "auto",
+    "data_path": None,  # dataset folder overriding the run's config
+    "cell": 128,  # pixel size of each panel cell
+    "render_size": 96,  # grid of the point-cloud renders
+    "html": True,  # write the interactive plotly HTML
+}
+
+# (azimuth, elevation) in degrees of the fixed viewpoints of rows 2 and 3
+VIEWPOINTS = [(30.0, 20.0), (120.0, 20.0), (210.0, 20.0), (300.0, 60.0)]
+
+
+def render_cloud_views(
+    points: np.ndarray,  # [N, 3]
+    size: int = 96,
+    viewpoints=VIEWPOINTS,
+    color=(60, 100, 200),
+    sigma: float = 0.8,
+) -> list[np.ndarray]:
+    """Depth-shaded renders ``[size, size, 3]`` uint8 of a cloud from ``viewpoints``,
+    made with :class:`PointCloudRenderer` (silhouette for coverage, expected depth for
+    shading: near surfaces bright, far ones dark)."""
+    r = PointCloudRenderer(RenderSettings(vox_size=size, kernel_size=5, backend="reference"))
+    az = torch.tensor([math.radians(a) for a, _ in viewpoints])
+    el = torch.tensor([math.radians(e) for _, e in viewpoints])
+    q = view_quat(az, el)
+    pts = torch.from_numpy(np.asarray(points, np.float32))[None].expand(len(viewpoints), -1, -1)
+    with torch.no_grad():
+        out = r(pts.contiguous(), q, sigma=sigma, return_depth=True)
+    sil = out.silhouette.clamp(0, 1).numpy()  # [K, S, S]
+    depth = out.depth.numpy()
+    imgs = []
+    for s, d in zip(sil, depth):
+        # expected depth mixes in the background (10) where the silhouette is partial:
+        # undo that to get the surface depth, then map ~[1.5, 2.5] to brightness
+        surf = (d - (1 - s) * 10.0) / np.maximum(s, 1e-3)
+        shade = np.clip(1.15 - (surf - 1.5), 0.35, 1.0)
+        shade = np.where(s > 1e-3, shade, 1.0)
+        c = np.asarray(color, np.float32) / 255.0
+        rgb = 1.0 - s[..., None] * (1.0 - c * shade[..., None])
+        imgs.append((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
+    return imgs
+
+
+def to_rgb(x: np.ndarray) -> np.ndarray:
+    """[H, W] floats in [0, 1] or uint8 [H, W(, 3)] -> uint8 [H, W, 3]."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, -1)
+    return x
+
+
+def grid_image(rows: list[list[tuple[np.ndarray, str]]], cell: int, title: str) -> Image.Image:
+    """Rows of (image, label) cells, each resized to ``cell`` px, labels under the cells."""
+    lab, top = 12, 16
+    W = max(len(r) for r in rows)
+    img = Image.new("RGB", (W * cell, top + len(rows) * (cell + lab)), "white")
+    d = ImageDraw.Draw(img)
+    d.text((3, 2), title, fill=(0, 0, 0))
+    for i, r in enumerate(rows):
+        y = top + i * (cell + lab)
+        for j, (im, text) in enumerate(r):
+            img.paste(
+                Image.fromarray(to_rgb(im)).resize((cell, cell), Image.BILINEAR), (j * cell, y)
+            )
+            d.text((j * cell + 2, y + cell), text[: cell // 6], fill=(0, 0, 0))
+    return img
+
+
+def write_html(path: Path, pred: np.ndarray, gt: np.ndarray | None, title: str) -> Path | None:
+    """Interactive 3D scatter (plotly, JS written once as ``plotly.min.js`` next to it)."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        warnings.warn("plotly is not installed (pip install plotly): no HTML written", stacklevel=2)
+        return None
+
+    def trace(p, name, color, visible=True):
+        # plot y (up) as the vertical axis
+        return go.Scatter3d(
+            x=p[:, 0],
+            y=p[:, 2],
+            z=p[:, 1],
+            mode="markers",
+            name=name,
+            marker=dict(size=1.5, color=color),
+            visible=visible,
+        )
+
+    data = [trace(pred, "predicted", "#3c64c8")]
+    if gt is not None:
+        data.append(trace(gt, "ground truth", "#999999", "legendonly"))
+    fig = go.Figure(data)
+    rng = [-0.55, 0.55]
+    fig.update_layout(
+        title=title,
+        margin=dict(l=0, r=0, t=30, b=0),
+        scene=dict(
+            xaxis=dict(range=rng, title="x"),
+            yaxis=dict(range=rng, title="z"),
+            zaxis=dict(range=rng, title="y (up)"),
+            aspectmode="cube",
+        ),
+    )
+    fig.write_html(str(path), include_plotlyjs="directory")
+    return path
+
+
+@torch.no_grad()
+def visualize(**kwargs) -> list[Path]:
+    """Write the PNGs (and HTMLs) described in the module docstring; returns the PNG paths."""
+    from dpc.evaluate import final_sigma, load_gt, open_reader, renderer_from_cfg, resolve_device
+    from dpc.training.checkpoint import find_checkpoint, load_run
+
+    unknown = set(kwargs) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    o = OmegaConf.create({**DEFAULTS, **kwargs})
+    if not o.run_dir:
+        raise ValueError("run_dir is required: python -m dpc.visualize run_dir=<dir> objects=[0,1]")
+    run_dir = Path(str(o.run_dir))
+    find_checkpoint(run_dir)
+    device = resolve_device(str(o.device))
+    model, cfg = load_run(run_dir, device)
+    reader = open_reader(cfg, o.data_path)
+    split = str(o.split)
+    if split not in reader.splits:
+        raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
+    images, masks, quats = reader.images(split), reader.masks(split), reader.quats(split)
+    n, V = int(images.shape[0]), int(images.shape[1])
+    objects = [int(i) for i in o.objects]
+    bad = [i for i in objects if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"objects {bad} out of range: split {split!r} has {n} objects")
+    if not 0 <= int(o.view) < V:
+        raise ValueError(f"view must be in [0, {V}), got {o.view}")
+    gt_all = load_gt(reader, split, False)
+    out = Path(str(o.out)) if o.out else run_dir / "vis" / split
+    out.mkdir(parents=True, exist_ok=True)
+    renderer = renderer_from_cfg(cfg)
+    sigma = final_sigma(cfg)
+    G = renderer.settings.vox_size
+    q_al, frame = None, "GT frame"
+    if model.predict_pose:
+        al_path = run_dir / "eval" / "alignment.json"
+        if al_path.exists():
+            q_al = AlignmentResult.load(al_path).tensor()
+        else:
+            frame = "model frame (run dpc.evaluate for the alignment)"
+    written = []
+    v = int(o.view)
+    for i in objects:
+        oid = reader.splits[split][i]
+        x = prepare_images(images[i : i + 1, v], int(cfg.data.image_size)).to(device)
+        pred = model(x)
+        pts = pred.points[:1].float()
+        m_gt = resize_masks(torch.from_numpy(np.asarray(masks[i : i + 1, v])).float() / 255, G)[0]
+        row1 = [(np.asarray(images[i, v]), f"input view {v}"), (1 - m_gt.numpy(), "GT mask")]
+        if pred.pose_candidates is not None:
+            qs = [
+                (pred.pose_candidates[0, k], f"cand {k}")
+                for k in range(pred.pose_candidates.shape[1])
+            ]
+            if pred.pose_student is not None:
+                qs.append((pred.pose_student[0], "student"))
+        else:
+            qs = [(torch.from_numpy(np.asarray(quats[i, v], np.float32)), "GT pose")]
+        for q, name in qs:
+            sil = renderer(
+                pts, q[None].float().to(device), sigma=sigma, scale=pred.scale[:1]
+            ).silhouette[0]
+            err = 0.5 * float((sil.cpu() - m_gt).pow(2).sum())
+            row1.append((1 - sil.clamp(0, 1).cpu().numpy(), f"{name} L2 {err:.0f}"))
+        p = pts[0].cpu()
+        if q_al is not None:
+            p = align_points(p[None].double(), q_al)[0].float()
+        p = p.numpy()
+        gt = np.asarray(gt_all[i], np.float32)
+        names = [f"az{a:.0f} el{e:.0f}" for a, e in VIEWPOINTS]
+        rs = int(o.render_size)
+        row2 = list(zip(render_cloud_views(p, rs), ["pred " + s for s in names]))
+        row3 = list(
+            zip(render_cloud_views(gt, rs, color=(110, 110, 110)), ["GT " + s for s in names])
+        )
+        title = f"{oid} ({split} #{i}) - prediction in {frame}"
+        png = out / f"{oid}.png"
+        grid_image([row1, row2, row3], int(o.cell), title).save(png)
+        written.append(png)
+        if o.html:
+            write_html(out / f"{oid}.html", p, gt, title)
+    print(f"wrote {len(written)} PNG(s) to {out}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dpc.evaluate import parse_cli
+
+    visualize(**parse_cli(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
