@@ -1,0 +1,195 @@
+"""Evaluation pipeline: scoring known answers, bad inputs, and the CLIs end to end on a
+tiny (untrained) checkpoint in the contract format on the synthetic dataset."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dpc.camera import quat_conj, quat_from_axis_angle, quat_mul, quat_rotate, random_quat
+from dpc.eval.alignment import AlignmentResult
+from dpc.eval.predict import Predictions, write_ply
+from dpc.evaluate import DEFAULTS, evaluate, score
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def _opts(**kw):
+    return OmegaConf.create({**DEFAULTS, "progress": False, **kw})
+
+
+def _scene(n_obj=3, V=4, N=800, seed=0):
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    gt = rng.uniform(-0.4, 0.4, (n_obj, N, 3)).astype(np.float32)
+    q_gt = random_quat(n_obj * V, g, torch.float64).view(n_obj, V, 4)
+    return gt, q_gt
+
+
+def test_score_perfect_prediction_in_rotated_frame():
+    """Predictions = the GT clouds in a frame rotated by q_a^-1, poses q_gt q_a: with the
+    alignment q_a, precision = coverage = 0 and every pose error is 0."""
+    gt, q_gt = _scene()
+    n_obj, V = q_gt.shape[:2]
+    q_a = quat_from_axis_angle(
+        torch.tensor([0.0, 1.0, 0.3], dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    )
+    pts = quat_rotate(quat_conj(q_a)[None], torch.from_numpy(gt).double())  # [n_obj, N, 3]
+    preds = Predictions(
+        points=pts[:, None].expand(-1, V, -1, -1).float().numpy().copy(),
+        scale=np.ones((n_obj, V), np.float32),
+        quat=quat_mul(q_gt, q_a.expand(n_obj, V, 4)).float().numpy(),
+        candidates=None,
+        object_ids=[f"o{i}" for i in range(n_obj)],
+        split="test",
+    )
+    al = AlignmentResult(quat=q_a.tolist())
+    res = score(preds, gt, q_gt.float().numpy(), al, _opts())
+    assert res["precision"] < 1e-4 and res["coverage"] < 1e-4
+    assert res["pose"]["accuracy"] == 1.0 and res["pose"]["median_deg"] < 0.05
+    assert res["num_scored_views"] == n_obj * V
+    # without the alignment the same predictions score badly
+    res0 = score(preds, gt, q_gt.float().numpy(), AlignmentResult(quat=[1.0, 0, 0, 0]), _opts())
+    assert res0["precision"] > 1.0 and res0["pose"]["median_deg"] > 50
+
+
+def test_score_shift_gives_t():
+    """Camera-supervised: a dense grid shifted by t along an axis scores |t| x 100 both ways."""
+    ax = np.linspace(-0.4, 0.4, 15, dtype=np.float32)
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(1, -1, 3)
+    t = 0.02
+    preds = Predictions(
+        points=(grid + np.array([0, t, 0], np.float32))[:, None],
+        scale=np.ones((1, 1)),
+        quat=None,
+        candidates=None,
+        object_ids=["a"],
+        split="test",
+    )
+    res = score(preds, grid, np.zeros((1, 1, 4)), None, _opts())
+    assert res["precision"] == pytest.approx(100 * t, rel=1e-4)
+    assert res["coverage"] == pytest.approx(100 * t, rel=1e-4)
+    assert "pose" not in res
+
+
+def test_score_skips_nan_views_and_missing_gt_with_counts():
+    gt, q_gt = _scene(n_obj=3, V=2)
+    pts = np.repeat(gt[:, None], 2, 1).copy()
+    pts[0, 1, 5] = np.nan  # one bad view
+    gt_missing = gt.copy()
+    gt_missing[2] = 0.0  # object 2 has no ground truth (zero-filled row)
+    preds = Predictions(pts, np.ones((3, 2)), None, None, ["a", "b", "c"], "test")
+    with pytest.warns(UserWarning) as rec:
+        res = score(preds, gt_missing, q_gt.numpy(), None, _opts())
+    msgs = " ".join(str(r.message) for r in rec)
+    assert "NaN" in msgs and "without usable ground truth" in msgs
+    assert res["num_scored_views"] == 3  # 6 views - 1 NaN view - 2 views of object c
+    assert res["skipped"]["objects_without_gt"] == ["c"]
+    assert res["skipped"]["views_with_nan_points"] == [["a", 1]]
+    with pytest.raises(ValueError, match="NaN"):
+        score(preds, gt, q_gt.numpy(), None, _opts(strict=True))
+    with pytest.raises(ValueError, match="ground truth"):
+        score(
+            Predictions(gt[:, None], np.ones((3, 1)), None, None, ["a", "b", "c"], "t"),
+            gt_missing,
+            q_gt.numpy(),
+            None,
+            _opts(strict=True),
+        )
+    allnan = Predictions(
+        np.full((1, 1, 4, 3), np.nan, np.float32), np.ones((1, 1)), None, None, ["a"], "t"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no view could be scored"):
+            score(allnan, gt[:1], q_gt.numpy(), None, _opts())
+
+
+def test_write_ply_reads_back(tmp_path):
+    from dpc.eval.alignment import import_open3d
+
+    p = np.random.default_rng(0).uniform(-0.5, 0.5, (100, 3)).astype(np.float32)
+    o3d = import_open3d()
+    pc = o3d.io.read_point_cloud(str(write_ply(tmp_path / "a.ply", p)))
+    np.testing.assert_allclose(np.asarray(pc.points), p, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An untrained debug-size model saved as ``checkpoints/last.pt`` (contract format)."""
+    from hydra import compose, initialize_config_dir
+
+    from dpc.models import build_model
+    from dpc.training.checkpoint import save_checkpoint
+
+    run_dir = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(
+            "train",
+            overrides=[
+                "+experiment=debug",
+                f"paths.run_dir={run_dir}",
+                f"paths.output_root={run_dir}",
+            ],
+        )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", model, None, 7, cfg)
+    return run_dir
+
+
+def test_evaluate_cli_end_to_end(tiny_run, capsys):
+    from dpc.evaluate import main
+
+    main([f"run_dir={tiny_run}", "split=test", "progress=false", "ply_views=2"])
+    out = tiny_run / "eval" / "test"
+    prec, cov = (float(x) for x in (out / "chamfer_pred_test.txt").read_text().split())
+    acc, med = (float(x) for x in (out / "pose_error_pred_test.txt").read_text().split())
+    res = json.loads((out / "metrics_test.json").read_text())
+    assert res["precision"] == pytest.approx(prec, abs=1e-5) and math.isfinite(cov)
+    assert 0 <= acc <= 1 and 0 <= med <= 180
+    assert res["checkpoint_step"] == 7 and len(res["per_object"]) == 4
+    assert (
+        len(res["per_object"][0]["precision"]) == 5
+        and len(res["per_object"][0]["pose_error_deg"]) == 5
+    )
+    b = res["baselines"]
+    assert b["mean_shape"]["chamfer"] > 0 and 0 <= b["mean_view"]["accuracy"] <= 1
+    assert len(list((out / "ply").glob("*.ply"))) == 8
+    npz = np.load(out / "predictions.npz")
+    assert npz["points"].shape == (4, 5, 500, 3) and npz["quat"].shape == (4, 5, 4)
+    al = AlignmentResult.load(tiny_run / "eval" / "alignment.json")
+    assert al.step == 7 and al.split == "val"
+    # second run reuses the saved alignment
+    capsys.readouterr()
+    res2 = evaluate(run_dir=str(tiny_run), split="test", progress=False, baselines=False)
+    assert "using saved global alignment" in capsys.readouterr().out
+    assert res2["precision"] == pytest.approx(res["precision"], rel=1e-6)
+
+
+def test_visualize_cli(tiny_run):
+    from dpc.visualize import main
+
+    out = tiny_run / "vis"
+    main([f"run_dir={tiny_run}", "objects=[1]", f"out={out}", "render_size=48", "cell=64"])
+    from PIL import Image
+
+    im = Image.open(out / "obj0001.png")
+    assert im.size[0] >= 4 * 64 and im.size[1] >= 3 * 64
+    assert (out / "obj0001.html").exists()
+    with pytest.raises(ValueError, match="out of range"):
+        main([f"run_dir={tiny_run}", "objects=[99]", f"out={out}"])
+
+
+def test_run_dir_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate(run_dir=str(tmp_path), progress=False)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        evaluate(run_dir=str(tmp_path / "nope"), progress=False)
+    with pytest.raises(ValueError, match="unknown options"):
+        evaluate(run_dir=str(tmp_path), splt="test")
