@@ -277,10 +277,9 @@ def _assemble(out: Path, staging: Path, ids: dict[str, list[str]], s: BuildSetti
             for n in names:
                 arrays[n] = open_memmap(d / f"{n}.npy.tmp", mode="w+", dtype=shapes[n][1],
                                         shape=shapes[n][0])
-        for n, arr in arrays.items():
+        for arr in arrays.values():
             arr.flush()
-            del arr
-        arrays.clear()
+        arrays.clear()  # drop the memmaps before renaming their files
         for n in names:
             os.replace(d / f"{n}.npy.tmp", d / f"{n}.npy")
             checksums[f"{split}/{n}.npy"] = sha256_file(d / f"{n}.npy")

@@ -92,7 +92,8 @@ def make_settings(**kwargs) -> BuildSettings:
     bad = sorted(set(kwargs) - names)
     if bad:
         raise ValueError(f"unknown dataset setting(s) {bad}; known: {sorted(names)}")
-    merged = {**PRESETS[preset], **{k: v for k, v in kwargs.items() if v is not None or k == "name"}}
+    given = {k: v for k, v in kwargs.items() if v is not None or k == "name"}
+    merged = {**PRESETS[preset], **given}
     return BuildSettings(**merged)
 
 

@@ -115,7 +115,8 @@ class DatasetInfo:
 
     def __repr__(self) -> str:
         counts = {s: len(v) for s, v in self.splits.items()}
-        return f"DatasetInfo({str(self.path)!r}, splits={counts}, views={self.num_views}, size={self.image_size})"
+        return (f"DatasetInfo({str(self.path)!r}, splits={counts}, views={self.num_views}, "
+                f"size={self.image_size})")
 
     def _array(self, split: str, name: str) -> np.ndarray:
         if split not in self.splits:

@@ -106,39 +106,43 @@ class MeshRenderer:
         S, s = st.image_size, st.supersample
         if intersector is None:
             intersector = embree_intersector(mesh)
-        colors = _face_colors(mesh)  # [F, 3] in [0, 1]
+        colors = _face_colors(mesh).astype(np.float32)  # [F, 3] in [0, 1]
         normals = np.asarray(mesh.face_normals, np.float64)
         V = rotations.shape[0]
         out_img = np.empty((V, S, S, 3), np.uint8)
         out_mask = np.empty((V, S, S), np.uint8)
         out_depth = np.empty((V, S, S), np.float32)
         n_rays = self._dirs_cam.shape[0]
+        v0_all = np.asarray(mesh.triangles[:, 0], np.float64)  # [F, 3] a vertex per face
         for v in range(V):
             R = np.asarray(rotations[v], np.float64)
-            origin = R.T @ np.array([-st.camera_distance, 0.0, 0.0])  # camera in object frame
-            dirs_cam = self._dirs_cam
-            dirs = dirs_cam @ R  # R^T d for each row
-            dirs_unit = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-            origins = np.broadcast_to(origin, dirs.shape)
-            tri, ray, loc = intersector.intersects_id(
-                origins, dirs_unit, multiple_hits=False, return_locations=True
+            origin = R.T @ np.array([-st.camera_distance, 0.0, 0.0])  # camera, object frame
+            dirs = self._dirs_cam @ R  # rows R^T d: object-frame rays, depth component 1
+            inv_len = 1.0 / np.linalg.norm(dirs, axis=1)
+            tri = intersector.intersects_first(
+                np.broadcast_to(origin, dirs.shape), dirs * inv_len[:, None]
             )
+            ray = np.flatnonzero(tri >= 0)
+            tri = tri[ray]
             hit = np.zeros(n_rays, bool)
             hit[ray] = True
-            rgb = np.ones((n_rays, 3))
-            # headlight: light direction = ray direction
-            cosang = np.abs((normals[tri] * dirs_unit[ray]).sum(1))
+            n = normals[tri]
+            d = dirs[ray]
+            dn = (d * n).sum(1)
+            # Ray parameter of the hit on the face's plane. The camera-frame ray is
+            # (1, y/f, x/f), so t is the optical-axis depth directly.
+            t = ((v0_all[tri] - origin) * n).sum(1) / np.where(np.abs(dn) > 1e-12, dn, 1e-12)
+            rgb = np.ones((n_rays, 3), np.float32)
+            cosang = np.abs(dn) * inv_len[ray]  # headlight: light along the ray
             shade = st.ambient + st.diffuse * cosang
             rgb[ray] = np.clip(colors[tri] * shade[:, None], 0.0, 1.0)
-            depth = np.zeros(n_rays)
-            # depth along the optical axis = (R (loc - origin))[0]
-            depth[ray] = (loc - origin) @ R[0]
+            depth = np.zeros(n_rays, np.float32)
+            depth[ray] = t
             # average the s x s sub-rays of each pixel
-            hit_p = hit.reshape(S, s, S, s).mean(axis=(1, 3))
-            rgb_p = rgb.reshape(S, s, S, s, 3).mean(axis=(1, 3))
-            dsum = depth.reshape(S, s, S, s).sum(axis=(1, 3))
             cnt = hit.reshape(S, s, S, s).sum(axis=(1, 3))
-            out_mask[v] = np.round(hit_p * 255.0).astype(np.uint8)
+            rgb_p = rgb.reshape(S, s, S, s, 3).sum(axis=(1, 3)) / (s * s)
+            dsum = depth.reshape(S, s, S, s).sum(axis=(1, 3))
+            out_mask[v] = np.round(cnt * (255.0 / (s * s))).astype(np.uint8)
             out_img[v] = np.round(rgb_p * 255.0).astype(np.uint8)
             out_depth[v] = np.where(cnt > 0, dsum / np.maximum(cnt, 1), st.background_depth)
         return {"image": out_img, "mask": out_mask, "depth": out_depth}

@@ -12,8 +12,6 @@ the result is normalised to the unit cube.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import trimesh
 
