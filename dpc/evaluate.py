@@ -72,6 +72,13 @@ def open_reader(cfg, data_path: str | None):
     return open_training_data(cfg)
 
 
+def dataset_key(cfg, data_path: str | None) -> str:
+    """Identifies the dataset a saved alignment was computed on."""
+    if data_path:
+        return str(Path(data_path).resolve())
+    return f"{cfg.data.get('source', 'dataset')}:{cfg.data.name}"
+
+
 def load_gt(reader, split: str, dense: bool) -> np.ndarray:
     """Ground-truth clouds ``[n_obj, P, 3]`` with a clear error when the split has none."""
     try:
@@ -116,12 +123,12 @@ def get_alignment(
     path = run_dir / "eval" / "alignment.json"
     if path.exists() and not opts.recompute_alignment:
         al = AlignmentResult.load(path)
-        if al.step == step:
+        if al.step == step and al.dataset == dataset_key(cfg, opts.data_path):
             print(f"using saved global alignment {path} (quat {np.round(al.quat, 4).tolist()})")
             return al
         warnings.warn(
-            f"{path} was computed for step {al.step}, the checkpoint is at step "
-            f"{step}: recomputing",
+            f"{path} was computed for step {al.step} on {al.dataset}; the checkpoint is at "
+            f"step {step}, data {dataset_key(cfg, opts.data_path)}: recomputing",
             stacklevel=2,
         )
     split = str(opts.align_split)
@@ -145,7 +152,7 @@ def get_alignment(
     al = estimate_global_alignment(
         pv.points[ok], pv.quat[ok], gt[ok], q_gt[ok], progress=opts.progress
     )
-    al.split, al.step = split, step
+    al.split, al.step, al.dataset = split, step, dataset_key(cfg, opts.data_path)
     # record kept object indices in the split's numbering
     idx = np.nonzero(ok)[0]
     al.kept = [(int(idx[o]), v) for o, v in al.kept]
@@ -259,7 +266,7 @@ def score(
                 p = align_points(p.double(), q_al).float()
             prec, cov = shape_metrics(
                 p,
-                torch.from_numpy(np.asarray(gt[o], np.float32))[None],
+                torch.from_numpy(np.array(gt[o], np.float32))[None],
                 backend=str(opts.chamfer_backend),
             )
             row["precision"] = (prec * 100).tolist()

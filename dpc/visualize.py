@@ -55,18 +55,27 @@ def render_cloud_views(
     size: int = 96,
     viewpoints=VIEWPOINTS,
     color=(60, 100, 200),
-    sigma: float = 0.8,
+    sigma: float | None = None,
 ) -> list[np.ndarray]:
     """Depth-shaded renders ``[size, size, 3]`` uint8 of a cloud from ``viewpoints``,
     made with :class:`PointCloudRenderer` (silhouette for coverage, expected depth for
     shading: near surfaces bright, far ones dark)."""
-    r = PointCloudRenderer(RenderSettings(vox_size=size, kernel_size=5, backend="reference"))
+    if sigma is None:
+        # wide enough to close the gaps between neighbouring points of a sparse cloud
+        sigma = float(np.clip(0.7 * (size / 96) * np.sqrt(4000 / max(len(points), 1)), 0.6, 2.0))
+    r = PointCloudRenderer(RenderSettings(vox_size=size, kernel_size=7, backend="reference"))
     az = torch.tensor([math.radians(a) for a, _ in viewpoints])
     el = torch.tensor([math.radians(e) for _, e in viewpoints])
     q = view_quat(az, el)
     pts = torch.from_numpy(np.asarray(points, np.float32))[None].expand(len(viewpoints), -1, -1)
     with torch.no_grad():
-        out = r(pts.contiguous(), q, sigma=sigma, return_depth=True)
+        # Boost the occupancy so that one isolated point reaches ~0.6 at its centre after
+        # the blur (a unit mass spreads to k0^3 at the peak): sparse clouds render solid.
+        from kernels.reference import gaussian_kernel1d
+
+        k0 = float(gaussian_kernel1d(sigma, 7)[3])
+        boost = torch.full((len(viewpoints),), 0.6 / k0**3)
+        out = r(pts.contiguous(), q, sigma=sigma, scale=boost, return_depth=True)
     sil = out.silhouette.clamp(0, 1).numpy()  # [K, S, S]
     depth = out.depth.numpy()
     imgs = []

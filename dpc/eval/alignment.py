@@ -100,6 +100,7 @@ class AlignmentResult:
     threshold: float = 0.2
     split: str = "val"
     step: int | None = None  # checkpoint step the alignment was computed for
+    dataset: str | None = None  # dataset it was computed on (run config or data_path)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -91,7 +91,7 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
 def prepare_images(images_u8: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 ``[B, S, S, 3]`` -> float ``[B, 3, s, s]`` in [0, 1], resized as in training
     (antialiased bilinear, :class:`dpc.training.data.BatchSampler`)."""
-    img = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+    img = torch.from_numpy(np.array(images_u8)).permute(0, 3, 1, 2).float() / 255.0
     if img.shape[-1] != image_size:
         img = F.interpolate(
             img, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
