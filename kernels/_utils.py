@@ -118,3 +118,17 @@ def launch_block(gpu_block: int, extent: int, interpret_cap: int = 1 << 16) -> i
 def triton_dtype_ok(*tensors) -> bool:
     """The Triton kernels compute in float32 or float64 (the input dtype)."""
     return all(t is None or t.dtype in (torch.float32, torch.float64) for t in tensors)
+
+
+# Tests set this to True (monkeypatch) so every output buffer the Triton launchers
+# allocate starts as NaN: an element a kernel forgets to write then fails the parity test.
+POISON_OUTPUTS = False
+
+
+def new_output(like: Tensor, *shape: int) -> Tensor:
+    """Uninitialised output buffer ``shape`` with ``like``'s dtype and device (NaN-filled
+    when :data:`POISON_OUTPUTS` is set)."""
+    out = torch.empty(shape, dtype=like.dtype, device=like.device)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out

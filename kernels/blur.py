@@ -21,6 +21,7 @@ from kernels._utils import (
     check_tensor,
     has_triton,
     launch_block,
+    new_output,
     triton_dtype_ok,
     use_triton,
 )
@@ -167,8 +168,8 @@ def blur_fwd(volume: Tensor, sigma: float, kernel_size: int) -> Tensor:
     """Blur contiguous ``volume`` [B, C, D, H, W] along W, H, D (three passes)."""
     taps = _taps(sigma, kernel_size, volume)
     vw, vh, vd = _views(volume.shape)
-    t1 = torch.empty_like(volume)
-    t2 = torch.empty_like(volume)
+    t1 = new_output(volume, *volume.shape)
+    t2 = new_output(volume, *volume.shape)
     _pass(t1, volume, taps, vw, 1)
     _pass(t2, t1, taps, vh, 0)
     _pass(t1, t2, taps, vd, 0)
@@ -180,8 +181,8 @@ def blur_bwd(grad: Tensor, sigma: float, kernel_size: int) -> Tensor:
     banded matrix is symmetric, so that is the same blur."""
     taps = _taps(sigma, kernel_size, grad)
     vw, vh, vd = _views(grad.shape)
-    t1 = torch.empty_like(grad)
-    t2 = torch.empty_like(grad)
+    t1 = new_output(grad, *grad.shape)
+    t2 = new_output(grad, *grad.shape)
     _pass(t1, grad, taps, vd, 0)
     _pass(t2, t1, taps, vh, 0)
     _pass(t1, t2, taps, vw, 1)
@@ -197,9 +198,9 @@ def blur_occupancy_fwd(
     B, C = volume.shape[:2]
     taps = _taps(sigma, kernel_size, volume)
     vw, vh, vd = _views(volume.shape)
-    t1 = torch.empty_like(volume)
-    t2 = torch.empty_like(volume)
-    out = torch.empty_like(volume)
+    t1 = new_output(volume, *volume.shape)
+    t2 = new_output(volume, *volume.shape)
+    out = new_output(volume, *volume.shape)
     _pass(t1, volume, taps, vw, 1, _CLIP_IN)
     _pass(t2, t1, taps, vh, 0)
     # D pass: slabs are (b, c) pairs, so the batch of slab s is s // C.
@@ -215,8 +216,8 @@ def blur_occupancy_bwd(
     B, C = grad.shape[:2]
     taps = _taps(sigma, kernel_size, grad)
     vw, vh, vd = _views(grad.shape)
-    t1 = torch.empty_like(grad)
-    t2 = torch.empty_like(grad)
+    t1 = new_output(grad, *grad.shape)
+    t2 = new_output(grad, *grad.shape)
     grad_scale = None
     if scale is not None:
         # Accumulated in float32 / float64 like the data; atomics reorder the sum.

@@ -29,6 +29,7 @@ from kernels._utils import (
     check_tensor,
     has_triton,
     launch_block,
+    new_output,
     next_pow2,
     triton_dtype_ok,
     use_triton,
@@ -212,10 +213,10 @@ def project_fwd(
     B, _, D, H, W = occ.shape
     HW = H * W
     C = 0 if colors is None else colors.shape[1]
-    sil = occ.new_empty(B, H, W)
-    depth = occ.new_empty(B, H, W) if return_depth else None
-    color = occ.new_empty(B, C, H, W) if colors is not None else None
-    probs = occ.new_empty(B, D + 1, H, W) if return_probs else None
+    sil = new_output(occ, B, H, W)
+    depth = new_output(occ, B, H, W) if return_depth else None
+    color = new_output(occ, B, C, H, W) if colors is not None else None
+    probs = new_output(occ, B, D + 1, H, W) if return_probs else None
     if B * HW == 0:
         return RayProjection(sil, depth, color, probs)
     BLOCK = launch_block(_GPU_BLOCK, HW, interpret_cap=4096)
@@ -245,8 +246,8 @@ def project_bwd(
     B, _, D, H, W = occ.shape
     HW = H * W
     C = 0 if colors is None else colors.shape[1]
-    grad_occ = torch.empty_like(occ)
-    grad_colors = torch.empty_like(colors) if colors is not None else None
+    grad_occ = new_output(occ, *occ.shape)
+    grad_colors = new_output(colors, *colors.shape) if colors is not None else None
     if B * HW == 0:
         return grad_occ, grad_colors
     if colors is not None and g_color is None:

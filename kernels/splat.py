@@ -16,6 +16,7 @@ from kernels._utils import (
     check_tensor,
     has_triton,
     launch_block,
+    new_output,
     next_pow2,
     triton_dtype_ok,
     use_triton,
@@ -233,8 +234,8 @@ def splat_bwd(
     ``grad_features [B, N, C]`` (None without features)."""
     B, N, _ = points.shape
     C = 0 if features is None else features.shape[-1]
-    grad_points = torch.empty_like(points)
-    grad_features = torch.empty_like(features) if features is not None else None
+    grad_points = new_output(points, *points.shape)
+    grad_features = new_output(features, *features.shape) if features is not None else None
     if B == 0 or N == 0:
         return grad_points, grad_features
     D, H, W = (grad_occ if grad_occ is not None else grad_feat).shape[2:]

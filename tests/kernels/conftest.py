@@ -1,0 +1,48 @@
+"""Shared fixtures for the Triton kernel parity tests.
+
+Without CUDA the kernels run on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` before ``kernels`` is imported):
+slow per program, so the shapes here are small; ``cuda``-marked tests repeat the
+checks at full size on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import kernels._utils as kutils
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Without triton (it is a dependency on Linux, so only on other platforms) the
+    # kernel tests cannot run at all: skip them with the reason. With triton but no
+    # CUDA, tests/conftest.py has switched the interpreter on before `kernels` was
+    # imported; if something imported `kernels` even earlier, the tests fail loudly
+    # (use_triton raises "needs CUDA tensors"), which is what we want.
+    if HAS_CUDA or kutils.has_triton():
+        return
+    skip = pytest.mark.skip(reason="triton is not installed")
+    for item in items:
+        if "tests/kernels" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_env(monkeypatch):
+    """Every kernel test: NaN-poisoned output buffers and at most 2 CPU threads."""
+    monkeypatch.setattr(kutils, "POISON_OUTPUTS", True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def gen(request):
+    """A fresh seed per run (printed on failure via the test id's log), reproducible
+    with ``KERNEL_TEST_SEED``."""
+    seed = int(os.environ.get("KERNEL_TEST_SEED", torch.randint(0, 2**31 - 1, ()).item()))
+    print(f"seed={seed}")
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,38 @@
+"""Helpers for the kernel parity tests (imported by basename: tests/kernels has no
+``__init__.py``, which would shadow the real ``kernels`` package)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="No CUDA device")
+
+
+def assert_parity(out, ref, rel_l2: float, max_abs: float, name: str = "") -> None:
+    """All finite, relative L2 error <= rel_l2 and max abs error <= max_abs (max_abs is
+    relative to max(1, max |ref|) so large outputs such as depth get the same slack)."""
+    assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert out.dtype == ref.dtype, f"{name}: dtype {out.dtype} != {ref.dtype}"
+    out = out.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten element?)"
+    err = (out - ref).norm().item()
+    den = ref.norm().item()
+    assert err <= rel_l2 * max(den, 1e-30) or err <= max_abs, (
+        f"{name}: rel L2 {err / max(den, 1e-30):.3g} > {rel_l2:g}"
+    )
+    mae = (out - ref).abs().max().item()
+    scale = max(1.0, ref.abs().max().item())
+    assert mae <= max_abs * scale, f"{name}: max abs {mae:.3g} > {max_abs:g} * {scale:.3g}"
+
+
+# Per-dtype tolerances: (rel_l2, max_abs). float32 outputs are sums of up to K^3 or D
+# terms in a different order than the reference; gradients go through atomics (splat)
+# and a different recursion (projection), hence the looser gradient bounds.
+TOL = {
+    torch.float32: {"fwd": (1e-6, 1e-5), "bwd": (1e-5, 1e-4)},
+    torch.float64: {"fwd": (1e-12, 1e-11), "bwd": (1e-11, 1e-10)},
+}
