@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpc.data.config import BuildSettings, make_settings
+from dpc.data.config import BuildSettings, make_settings, settings_for_name
 from dpc.data.format import (
     ARRAYS,
     FORMAT_VERSION,
@@ -57,13 +57,15 @@ def make_source(s: BuildSettings) -> MeshSource:
     if s.category == "airplane":
         from dpc.data.sources.airplane import AirplaneSource
 
-        return AirplaneSource(s.source, seed=s.seed)
+        return AirplaneSource(s.source, seed=s.seed, val_fraction=s.val_fraction,
+                              test_fraction=s.test_fraction)
     if s.category == "folder":
-        from dpc.data.sources.folder import FolderSource
+        from dpc.data.sources.files import FolderSource
 
         if not s.source:
             raise ValueError("category=folder needs source=<folder of .obj/.ply/.off/.glb files>")
-        return FolderSource(s.source, seed=s.seed)
+        return FolderSource(s.source, seed=s.seed, val_fraction=s.val_fraction,
+                            test_fraction=s.test_fraction)
     raise ValueError(f"unknown category {s.category!r}")
 
 
@@ -323,7 +325,8 @@ def ensure_dataset(cfg_or_name=None, root: str | os.PathLike = "data", **overrid
     """Path of a built dataset, building it first if it is missing (with a progress bar).
 
     Args:
-        cfg_or_name: a category name (``"car"``), a mapping / DictConfig of
+        cfg_or_name: a dataset name (``"car"``, ``"car_quick"``: ``<category>[_<preset>]``),
+            a mapping / DictConfig of
             :class:`~dpc.data.config.BuildSettings` fields (e.g. ``{"category": "car",
             "preset": "small"}``), or the path of an existing dataset folder.
         root: where datasets live (``<root>/<name>``) unless the mapping sets ``root``.
@@ -336,7 +339,7 @@ def ensure_dataset(cfg_or_name=None, root: str | os.PathLike = "data", **overrid
         if (p / MANIFEST).exists():
             read_manifest(p)  # version check
             return p
-        cfg = {"category": str(cfg_or_name)}
+        cfg = settings_for_name(str(cfg_or_name))
     else:
         try:
             from omegaconf import DictConfig, OmegaConf

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 CATEGORIES = ("car", "chair", "airplane", "folder")
+PROCEDURAL = ("car", "chair")
 
 
 @dataclass
@@ -20,9 +21,11 @@ class BuildSettings:
     name: str | None = None  # folder name under root; default <category>[_<preset>]
     root: str = "data"  # datasets live in <root>/<name>/
     source: str | None = None  # mesh folder (category=folder) or FlightGear AI folder
-    train: int = 2000  # objects per split (procedural); fractions of the files otherwise
+    train: int = 2000  # objects per split (procedural categories car, chair)
     val: int = 200
     test: int = 200
+    val_fraction: float = 0.1  # file-backed categories (airplane, folder): split fractions
+    test_fraction: float = 0.1
     views: int = 5  # views per object (paper: 5)
     image_size: int = 128  # (paper: 128)
     supersample: int = 2  # s x s rays per pixel (anti-aliasing)
@@ -65,6 +68,11 @@ class BuildSettings:
     def identity(self) -> dict:
         """The settings that define the dataset's content."""
         skip = {"root", "name", "workers", "progress", "preset"}
+        # split settings that do not apply to the category are not part of its identity
+        if self.category in PROCEDURAL:
+            skip |= {"val_fraction", "test_fraction"}
+        else:
+            skip |= {"train", "val", "test"}
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         return d
 
@@ -123,3 +131,18 @@ def parse_overrides(args: list[str]) -> dict:
         else:
             out[k] = v
     return out
+
+
+def settings_for_name(name: str) -> dict:
+    """Build arguments of a named dataset: ``<category>`` (default preset) or
+    ``<category>_<preset>``, e.g. ``"car"``, ``"car_quick"``, ``"chair_small"``."""
+    if name in CATEGORIES:
+        return {"category": name}
+    cat, _, preset = name.rpartition("_")
+    if cat in CATEGORIES and preset in PRESETS:
+        return {"category": cat, "preset": preset}
+    known = [c for c in CATEGORIES if c != "folder"]
+    raise ValueError(
+        f"unknown dataset name {name!r}: use <category>[_<preset>] with category in {known} "
+        f"and preset in {sorted(PRESETS)}, or the path of a built dataset"
+    )
