@@ -40,123 +40,126 @@ if has_triton():
 
     @triton.jit
     def _blur_pass_kernel(
-        out_ptr,  # [S, M, N] output of this pass
-        in_ptr,  # [S, M, N] input of this pass
+        out_ptr,  # [M, N] output of this pass
+        in_ptr,  # [M, N] input of this pass
         w_ptr,  # [K] normalised Gaussian taps (symmetric)
-        aux_out_ptr,  # _SCALE_CLIP_OUT: [S, M, N] pre-scale blur b
+        aux_out_ptr,  # _SCALE_CLIP_OUT: [M, N] pre-scale blur b
         aux_in_ptr,  # _GRAD_SCALE_CLIP_IN: b; _GRAD_CLIP_OUT: the unclipped input x
         scale_ptr,  # [B] occupancy scale (modes 2, 3)
         grad_scale_ptr,  # [B] accumulated d(loss)/d(scale) (mode 3), zero-initialised
         M,
         N,
+        L,  # AXIS 0: length of the blurred axis; rows are (slab, position) pairs
         tiles_n,  # cdiv(N, BLOCK_N)
-        tiles_per_slab,  # cdiv(M, BLOCK_M) * tiles_n
-        slabs_per_batch,  # slabs of one batch element (for the scale index)
-        AXIS: tl.constexpr,  # 0: blur along M (rows, stride N); 1: along N (stride 1)
+        rows_per_batch,  # rows of one batch element (for the scale index)
+        AXIS: tl.constexpr,  # 0: blur along rows (period L, stride N); 1: along N
         MODE: tl.constexpr,
         HAS_SCALE: tl.constexpr,
         K: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
-        # The volume is viewed as S slabs of an [M, N] matrix; a pass along W uses
-        # (S, M, N) = (1, B*C*D*H, W), along H (B*C*D, H, W), along D (B*C, D, H*W).
-        # One program owns a BLOCK_M x BLOCK_N output tile of one slab and sums K shifted
-        # input tiles; rows of the tile are contiguous in memory (coalesced), and the
-        # K-fold re-reads of neighbouring rows / columns hit L1/L2.
+        # The volume is viewed as an [M, N] matrix: along W, (M, N) = (B*C*D*H, W) and the
+        # taps move along N; along H, (B*C*D*H, W) with the taps moving along rows within
+        # each run of L = H rows; along D, (B*C*D, H*W) with L = D. One program owns a
+        # BLOCK_M x BLOCK_N output tile and sums K shifted input tiles; tile rows are
+        # contiguous in memory (coalesced) and the K-fold re-reads of neighbouring rows or
+        # columns hit L1/L2.
         pid = tl.program_id(0)
-        s = pid // tiles_per_slab
-        t = pid % tiles_per_slab
-        rows = (t // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = (t % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
-        in_tile = (rows[:, None] < M) & (cols[None, :] < N)
-        slab = s.to(tl.int64) * M * N  # int64: B * C * D * H * W may exceed 2^31
-        offs = rows[:, None] * N + cols[None, :]
+        rows = (pid // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = (pid % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < M
+        in_tile = row_ok[:, None] & (cols[None, :] < N)
+        # int64: B * C * D * H * W may exceed 2^31.
+        offs = rows[:, None].to(tl.int64) * N + cols[None, :]
         R: tl.constexpr = (K - 1) // 2
+        if AXIS == 0:
+            pos = rows % L  # position of each row along the blurred axis
         if HAS_SCALE:
-            sc = tl.load(scale_ptr + s // slabs_per_batch)
+            sc = tl.load(scale_ptr + rows // rows_per_batch, mask=row_ok, other=0.0)[:, None]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=out_ptr.dtype.element_ty)
         for k in tl.static_range(K):
             wk = tl.load(w_ptr + k)
             if AXIS == 0:
-                src = rows[:, None] + (k - R)
-                ok = (src >= 0) & (src < M) & (cols[None, :] < N)
+                src = pos + (k - R)
+                ok = ((src >= 0) & (src < L) & row_ok)[:, None] & (cols[None, :] < N)
                 o = offs + (k - R) * N
             else:
-                src = cols[None, :] + (k - R)
-                ok = (src >= 0) & (src < N) & (rows[:, None] < M)
+                src = cols + (k - R)
+                ok = row_ok[:, None] & ((src >= 0) & (src < N))[None, :]
                 o = offs + (k - R)
-            x = tl.load(in_ptr + slab + o, mask=ok, other=0.0)
+            x = tl.load(in_ptr + o, mask=ok, other=0.0)
             if MODE == 1:  # _CLIP_IN
                 x = tl.minimum(tl.maximum(x, 0.0), 1.0)
             if MODE == 3:  # _GRAD_SCALE_CLIP_IN: clamp backward (inclusive bounds, as torch)
-                bb = tl.load(aux_in_ptr + slab + o, mask=ok, other=0.0)
+                bb = tl.load(aux_in_ptr + o, mask=ok, other=0.0)
                 if HAS_SCALE:
+                    # The scale of the source row: same batch element (blur along D stays
+                    # inside one (b, c) slab).
                     y = bb * sc
                     x = tl.where((y >= 0.0) & (y <= 1.0), x * sc, 0.0)
                 else:
                     x = tl.where((bb >= 0.0) & (bb <= 1.0), x, 0.0)
             acc += wk * x
         if MODE == 2:  # _SCALE_CLIP_OUT
-            tl.store(aux_out_ptr + slab + offs, acc, mask=in_tile)
+            tl.store(aux_out_ptr + offs, acc, mask=in_tile)
             if HAS_SCALE:
                 acc = acc * sc
             acc = tl.minimum(tl.maximum(acc, 0.0), 1.0)
         if MODE == 3:
             if HAS_SCALE:
                 # d loss / d scale = sum g * b over cells where the output clip is not
-                # saturated: reduce this tile's own cells and add one atomic per program.
-                g = tl.load(in_ptr + slab + offs, mask=in_tile, other=0.0)
-                bb = tl.load(aux_in_ptr + slab + offs, mask=in_tile, other=0.0)
+                # saturated: reduce this tile's own cells per row, one atomic per row.
+                g = tl.load(in_ptr + offs, mask=in_tile, other=0.0)
+                bb = tl.load(aux_in_ptr + offs, mask=in_tile, other=0.0)
                 y = bb * sc
-                part = tl.sum(tl.sum(tl.where((y >= 0.0) & (y <= 1.0), g * bb, 0.0), 1), 0)
-                tl.atomic_add(grad_scale_ptr + s // slabs_per_batch, part)
+                part = tl.sum(tl.where((y >= 0.0) & (y <= 1.0), g * bb, 0.0), 1)
+                tl.atomic_add(grad_scale_ptr + rows // rows_per_batch, part, mask=row_ok)
         if MODE == 4:  # _GRAD_CLIP_OUT: clamp(x, 0, 1) backward
-            xin = tl.load(aux_in_ptr + slab + offs, mask=in_tile, other=0.0)
+            xin = tl.load(aux_in_ptr + offs, mask=in_tile, other=0.0)
             acc = tl.where((xin >= 0.0) & (xin <= 1.0), acc, 0.0)
-        tl.store(out_ptr + slab + offs, acc, mask=in_tile)
+        tl.store(out_ptr + offs, acc, mask=in_tile)
 
 
 def _pass(
     out: Tensor,
     inp: Tensor,
     taps: Tensor,
-    view: tuple[int, int, int],  # (S, M, N)
+    view: tuple[int, int, int],  # (M, N, L)
     axis: int,
     mode: int = _PLAIN,
     aux_out: Tensor | None = None,
     aux_in: Tensor | None = None,
     scale: Tensor | None = None,
     grad_scale: Tensor | None = None,
-    slabs_per_batch: int = 1,
+    rows_per_batch: int = 1,
 ) -> None:
-    """Launch one 1-D blur pass over the [S, M, N] view of contiguous ``inp``."""
-    S, M, N = view
-    if S * M * N == 0:
+    """Launch one 1-D blur pass over the [M, N] view of contiguous ``inp``."""
+    M, N, L = view
+    if M * N == 0:
         return
-    # GPU tiles: 128 contiguous columns (coalesced 512 B rows), 16 rows; W passes
-    # (N = W <= 128) take the whole row. Unmeasured choice; see profiling/bench_kernels.py.
+    # GPU tiles: up to 128 contiguous columns (coalesced 512 B rows) x 16 rows.
+    # Unmeasured choice; see profiling/bench_kernels.py.
     BLOCK_N = launch_block(128, N, interpret_cap=1 << 14)
     BLOCK_M = launch_block(16, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
     tiles_n = triton.cdiv(N, BLOCK_N)
-    tiles_per_slab = triton.cdiv(M, BLOCK_M) * tiles_n
     dummy = inp
-    _blur_pass_kernel[(S * tiles_per_slab,)](
+    _blur_pass_kernel[(triton.cdiv(M, BLOCK_M) * tiles_n,)](
         out, inp, taps,
         aux_out if aux_out is not None else dummy,
         aux_in if aux_in is not None else dummy,
         scale if scale is not None else dummy,
         grad_scale if grad_scale is not None else dummy,
-        M, N, tiles_n, tiles_per_slab, slabs_per_batch,
+        M, N, L, tiles_n, rows_per_batch,
         AXIS=axis, MODE=mode, HAS_SCALE=scale is not None, K=taps.numel(),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
     )
 
 
 def _views(shape) -> tuple[tuple[int, int, int], ...]:
-    """[S, M, N] views of a [B, C, D, H, W] volume for the W, H and D passes."""
+    """(M, N, L) matrix views of a [B, C, D, H, W] volume for the W, H and D passes."""
     B, C, D, H, W = shape
-    return (1, B * C * D * H, W), (B * C * D, H, W), (B * C, D, H * W)
+    return (B * C * D * H, W, W), (B * C * D * H, W, H), (B * C * D, H * W, D)
 
 
 def _taps(sigma: float, kernel_size: int, like: Tensor) -> Tensor:
@@ -195,7 +198,7 @@ def blur_occupancy_fwd(
     """Fused ``clamp(scale * blur(clamp(volume, 0, 1)), 0, 1)`` in three passes: the
     first clip rides on the W pass's loads, scale and last clip on the D pass's stores.
     Returns the output and the pre-scale blur ``b`` (saved for the backward)."""
-    B, C = volume.shape[:2]
+    B, C, D = volume.shape[:3]
     taps = _taps(sigma, kernel_size, volume)
     vw, vh, vd = _views(volume.shape)
     t1 = new_output(volume, *volume.shape)
@@ -203,8 +206,8 @@ def blur_occupancy_fwd(
     out = new_output(volume, *volume.shape)
     _pass(t1, volume, taps, vw, 1, _CLIP_IN)
     _pass(t2, t1, taps, vh, 0)
-    # D pass: slabs are (b, c) pairs, so the batch of slab s is s // C.
-    _pass(out, t2, taps, vd, 0, _SCALE_CLIP_OUT, aux_out=t1, scale=scale, slabs_per_batch=C)
+    # D pass: rows are (b, c, d) triples, so the batch of row r is r // (C * D).
+    _pass(out, t2, taps, vd, 0, _SCALE_CLIP_OUT, aux_out=t1, scale=scale, rows_per_batch=C * D)
     return out, t1
 
 
@@ -213,7 +216,7 @@ def blur_occupancy_bwd(
     scale: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
     """Backward of :func:`blur_occupancy_fwd`: returns d(volume) and d(scale) ``[B]``."""
-    B, C = grad.shape[:2]
+    B, C, D = grad.shape[:3]
     taps = _taps(sigma, kernel_size, grad)
     vw, vh, vd = _views(grad.shape)
     t1 = new_output(grad, *grad.shape)
@@ -223,7 +226,7 @@ def blur_occupancy_bwd(
         # Accumulated in float32 / float64 like the data; atomics reorder the sum.
         grad_scale = torch.zeros(B, dtype=grad.dtype, device=grad.device)
     _pass(t1, grad, taps, vd, 0, _GRAD_SCALE_CLIP_IN, aux_in=blurred, scale=scale,
-          grad_scale=grad_scale, slabs_per_batch=C)
+          grad_scale=grad_scale, rows_per_batch=C * D)
     _pass(t2, t1, taps, vh, 0)
     _pass(t1, t2, taps, vw, 1, _GRAD_CLIP_OUT, aux_in=volume)
     return t1, grad_scale

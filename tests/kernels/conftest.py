@@ -46,3 +46,18 @@ def gen(request):
     seed = int(os.environ.get("KERNEL_TEST_SEED", torch.randint(0, 2**31 - 1, ()).item()))
     print(f"seed={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def gpu_blocks(monkeypatch):
+    """Use the GPU block sizes even under the interpreter, so a test covers launches
+    with many programs and partial tiles (the interpreter normally uses one big block)."""
+    import kernels.blur
+    import kernels.project
+    import kernels.splat
+
+    def small(gpu_block: int, extent: int, interpret_cap: int = 0) -> int:
+        return min(kutils.next_pow2(extent), gpu_block)
+
+    for mod in (kernels.blur, kernels.project, kernels.splat):
+        monkeypatch.setattr(mod, "launch_block", small)

@@ -139,3 +139,21 @@ def test_splat_parity_full_size_cuda():
     gr = torch.autograd.grad((occ_r * v).sum() + (feat_r * vf).sum(), (pts, feats))
     assert_parity(g[0], gr[0], *TOL[torch.float32]["bwd"], name="grad_points")
     assert_parity(g[1], gr[1], *TOL[torch.float32]["bwd"], name="grad_features")
+
+
+def test_splat_many_blocks(gpu_blocks, gen):
+    """GPU block size (256 points): several programs per batch element, a partial last
+    block, atomics from different programs into the same cells."""
+    size = (9, 10, 11)
+    pts = make_points(2, 700, size, gen, torch.float64).requires_grad_()
+    feats = torch.rand(2, 700, 2, generator=gen, dtype=torch.float64).to(DEVICE)
+    feats.requires_grad_()
+    occ, feat = splat_points(pts, size, feats, backend="triton")
+    occ_r, feat_r = splat_points_ref(pts, size, feats)
+    assert_parity(occ, occ_r, *TOL[torch.float64]["fwd"], name="occupancy")
+    assert_parity(feat, feat_r, *TOL[torch.float64]["fwd"], name="features")
+    v, vf = torch.randn_like(occ), torch.randn_like(feat)
+    g = torch.autograd.grad((occ * v).sum() + (feat * vf).sum(), (pts, feats))
+    g_r = torch.autograd.grad((occ_r * v).sum() + (feat_r * vf).sum(), (pts, feats))
+    assert_parity(g[0], g_r[0], *TOL[torch.float64]["bwd"], name="grad_points")
+    assert_parity(g[1], g_r[1], *TOL[torch.float64]["bwd"], name="grad_features")
