@@ -67,3 +67,30 @@ def test_validate_real_model_and_wandb_payload():
     pay = wandb_payload(res, FakeWandb)
     assert pay["val/cloud_0"] == ("obj3d", (300, 6))  # 100 predicted + 200 GT points, xyz rgb
     assert all(k.startswith("val/") for k in pay)
+
+
+def test_no_student_picks_candidate_by_reprojection():
+    """Several candidates and no student: the chosen pose is the candidate whose silhouette
+    best matches the input mask (here, forced: candidate 1 is the GT pose)."""
+    import pytest
+
+    from dpc.eval.predict import predict_split
+    from dpc.render import PointCloudRenderer, RenderSettings
+
+    reader = synthetic_dataset({"val": 2}, num_views=2, image_size=16, num_points=300)
+
+    class TwoCands(OracleModel):
+        def forward(self, x):
+            out = super().forward(x)
+            wrong = torch.tensor([0.0, 0.0, 1.0, 0.0]).expand_as(out.pose_student)
+            return ModelOutput(
+                out.points, out.scale, None, torch.stack([wrong, out.pose_student], 1), None
+            )
+
+    r = PointCloudRenderer(RenderSettings(vox_size=16, kernel_size=5, backend="reference"))
+    with pytest.warns(UserWarning, match="no student"):
+        p = predict_split(
+            TwoCands(reader, "val", True), reader, "val", 16, renderer=r, sigma=0.6, progress=False
+        )
+    np.testing.assert_allclose(p.quat, np.asarray(reader.quats("val")), atol=1e-6)
+    assert p.candidates.shape == (2, 2, 2, 4)
