@@ -249,7 +249,7 @@ def score(
         warnings.warn(msg + " (skipped, counted in 'skipped')", stacklevel=2)
     q_al = al.tensor() if al is not None else None
     per_obj = []
-    prec_all, cov_all, pose_all = [], [], []
+    prec_all, cov_all, pose_all, bad_pose = [], [], [], []
     it = range(n_obj)
     if opts.progress:
         from tqdm import tqdm
@@ -274,7 +274,11 @@ def score(
             prec_all += row["precision"]
             cov_all += row["coverage"]
         if preds.predicts_pose:
-            vq = np.nonzero(np.isfinite(preds.quat[o]).all(-1))[0]
+            ok = np.isfinite(preds.quat[o]).all(-1) & np.isfinite(q_gt[o]).all(-1)
+            ok &= np.abs(np.nan_to_num(q_gt[o])).sum(-1) > 0  # an all-zero GT quat = missing
+            bad_pose += [(ids[o], int(v)) for v in np.nonzero(~ok)[0]]
+            vq = np.nonzero(ok)[0]
+            row["pose_views"] = vq.tolist()
             err = pose_errors_deg(
                 torch.from_numpy(preds.quat[o, vq]), torch.from_numpy(q_gt[o, vq]), q_al
             ).numpy()
@@ -283,6 +287,13 @@ def score(
         per_obj.append(row)
     if not prec_all:
         raise ValueError("no view could be scored: every prediction is NaN or has no ground truth")
+    if bad_pose:
+        msg = f"{len(bad_pose)} view(s) with a non-finite or missing pose: {bad_pose[:10]}"
+        if opts.strict:
+            raise ValueError(msg)
+        warnings.warn(msg + " (skipped in the pose metrics, counted in 'skipped')", stacklevel=2)
+    if preds.predicts_pose and not pose_all:
+        raise ValueError("no view has both a finite predicted pose and a ground-truth pose")
     res = {
         "precision": float(np.mean(prec_all)),
         "coverage": float(np.mean(cov_all)),
@@ -290,6 +301,7 @@ def score(
         "skipped": {
             "objects_without_gt": [ids[i] for i in np.nonzero(~valid_gt)[0]],
             "views_with_nan_points": [list(x) for x in nan_views],
+            "views_without_pose": [list(x) for x in bad_pose],
         },
         "per_object": per_obj,
         "_valid_gt": valid_gt,

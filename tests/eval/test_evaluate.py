@@ -193,3 +193,16 @@ def test_run_dir_without_checkpoint(tmp_path):
         evaluate(run_dir=str(tmp_path / "nope"), progress=False)
     with pytest.raises(ValueError, match="unknown options"):
         evaluate(run_dir=str(tmp_path), splt="test")
+
+
+def test_score_skips_views_without_gt_pose():
+    gt, q_gt = _scene(n_obj=2, V=3)
+    q = q_gt.float().numpy().copy()
+    q[1, 2] = np.nan  # missing GT pose of one view
+    preds = Predictions(
+        np.repeat(gt[:, None], 3, 1), np.ones((2, 3)), q_gt.float().numpy(), None, ["a", "b"], "t"
+    )
+    with pytest.warns(UserWarning, match="pose"):
+        res = score(preds, gt, q, AlignmentResult(quat=[1.0, 0, 0, 0]), _opts())
+    assert res["pose"]["num_views"] == 5 and res["skipped"]["views_without_pose"] == [["b", 2]]
+    assert res["pose"]["accuracy"] == 1.0
