@@ -59,16 +59,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def open_reader(cfg, data_path: str | None):
-    """The run's dataset reader, or the on-disk dataset at ``data_path``."""
-    if data_path:
-        import dpc.data as dpc_data
+def open_reader(cfg, data_path: str | None, run_dir: Path | None = None):
+    """The run's dataset reader, or the on-disk dataset at ``data_path``.
 
+    Evaluation never builds a dataset: a relative ``data.root`` is looked up from the
+    current directory, then from the directory the run was launched in (guessed as the
+    parent of ``paths.output_root``); if neither has it, a clear error names ``data_path``.
+    """
+    import dpc.data as dpc_data
+
+    if data_path:
         if not Path(data_path).exists():
             raise FileNotFoundError(f"data_path does not exist: {data_path}")
         return dpc_data.open_dataset(data_path)
     from dpc.training.data import open_training_data
 
+    d = cfg.data
+    if d.get("source", "dataset") == "dataset":
+        rel = Path(str(d.root)) / str(d.name)
+        cands = [rel]
+        if not rel.is_absolute() and run_dir is not None:
+            # run_dir = <launch>/<output_root>/<name>/<timestamp>
+            depth = len(Path(str(cfg.paths.get("output_root", "outputs"))).parts) + 2
+            cands.append(run_dir.resolve().parents[depth - 1] / rel)
+        for c in cands:
+            if (c / "manifest.json").exists():
+                return dpc_data.open_dataset(c)
+        raise FileNotFoundError(
+            f"dataset of this run not found (tried {[str(c) for c in cands]}); pass "
+            "data_path=<dataset folder>, or build it: python -m dpc.data build "
+            f"{d.get('build_command_args', '')}"
+        )
     return open_training_data(cfg)
 
 
@@ -179,7 +200,7 @@ def evaluate(**kwargs) -> dict:
     step = int(load_checkpoint(ckpt_path).get("step", -1))
     device = resolve_device(str(opts.device))
     model, cfg = load_run(run_dir, device)
-    reader = open_reader(cfg, opts.data_path)
+    reader = open_reader(cfg, opts.data_path, run_dir)
     split = str(opts.split)
     out = Path(str(opts.out)) if opts.out else run_dir / "eval" / split
     out.mkdir(parents=True, exist_ok=True)

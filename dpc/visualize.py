@@ -173,7 +173,7 @@ def visualize(**kwargs) -> list[Path]:
     find_checkpoint(run_dir)
     device = resolve_device(str(o.device))
     model, cfg = load_run(run_dir, device)
-    reader = open_reader(cfg, o.data_path)
+    reader = open_reader(cfg, o.data_path, run_dir)
     split = str(o.split)
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")

@@ -206,3 +206,26 @@ def test_score_skips_views_without_gt_pose():
         res = score(preds, gt, q, AlignmentResult(quat=[1.0, 0, 0, 0]), _opts())
     assert res["pose"]["num_views"] == 5 and res["skipped"]["views_without_pose"] == [["b", 2]]
     assert res["pose"]["accuracy"] == 1.0
+
+
+def test_missing_dataset_is_a_clear_error_not_a_build(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from dpc.models import build_model
+    from dpc.training.checkpoint import save_checkpoint
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(
+            "train",
+            overrides=[
+                "+experiment=debug",
+                "data=car_quick",
+                f"paths.run_dir={tmp_path}",
+                f"paths.data_root={tmp_path / 'nodata'}",
+                "model.pc_num_points=50",
+            ],
+        )
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", build_model(cfg), None, 1, cfg)
+    with pytest.raises(FileNotFoundError, match="data_path="):
+        evaluate(run_dir=str(tmp_path), progress=False)
+    assert not (tmp_path / "nodata").exists()
