@@ -246,8 +246,15 @@ def train(cfg: DictConfig) -> dict:
                 _log_media(logger, step, batch, out, M)
             if cfg.val.every and ((step + 1) % int(cfg.val.every) == 0 or last):
                 if is_main:
-                    val_metrics = _validate(model, reader, cfg, device)
+                    from dpc.training.validate import wandb_media
+
+                    val_res = _validate(model, reader, cfg, device)
+                    val_metrics = {k: x for k, x in val_res.items() if not k.startswith("_")}
                     logger.metrics(step, val_metrics)
+                    if logger.run is not None:
+                        media = wandb_media(val_res)
+                        if media:
+                            logger.run.log(media, step=step)
                     print(f"[dpc.train] val @ {step + 1}: "
                           + ", ".join(f"{k} {v:.4g}" for k, v in val_metrics.items()), flush=True)
             if tr.checkpoint_every and (step + 1) % int(tr.checkpoint_every) == 0 and not last:

@@ -7,10 +7,14 @@
   are comparable across steps and runs. Camera supervision renders with the ground-truth
   poses; unsupervised runs take, per view, the best of the predicted candidates (the
   training objective).
-- ``chamfer`` / ``precision`` / ``coverage`` (x100, Euclidean, SPEC section 6) against
-  the ground-truth clouds, only for camera-supervised runs (unsupervised predictions live
-  in a frame of the network's choosing and need the global alignment of ``dpc.eval``).
-  Uses ``kernels.chamfer_distance`` when the evaluation part provides it, else scipy.
+- the evaluation metrics of :func:`dpc.eval.validate.validate` (docs/CONTRACTS.md,
+  "Evaluation"): ``chamfer`` / ``precision`` / ``coverage`` (x100), and for pose-predicting
+  runs ``pose_accuracy``, ``pose_median_deg``, ``alignment_deg`` (alignment fitted on the
+  same subset). Without ``dpc.eval`` (or if it fails), camera-supervised runs fall back to
+  a scipy Chamfer here. ``val.eval_metrics=false`` skips them.
+
+The evaluation part's predicted clouds (``clouds``) are returned under ``"_clouds"`` for
+wandb (see :func:`wandb_media`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
     model.eval()
     losses, prec, cov = [], [], []
     gts = reader.gt_points(split) if not cfg.model.predict_pose else None
+    gts = None if gts is None else np.asarray(gts[:n])
     for i in range(n):
         # fixed views per object: those of "step" i of a dedicated sampler, object i
         _, views = sampler.indices(i)
@@ -70,7 +75,24 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
             cov.append(c)
     if was_training:
         model.train()
-    res = {"projection_loss": float(np.mean(losses))}
+    res: dict = {"projection_loss": float(np.mean(losses))}
+    if v.eval_metrics:
+        try:
+            from dpc.eval.validate import validate as eval_validate
+
+            ev = eval_validate(model, reader, split=split, max_objects=n, device=device,
+                               image_size=int(cfg.data.image_size), renderer=renderer, sigma=sigma)
+            res.update({k.removeprefix("val/"): float(x) for k, x in ev.items()
+                        if k.startswith("val/")})
+            res["_eval"] = ev
+            prec = []  # the evaluation part's numbers replace the fallback
+        except ImportError:
+            pass
+        except Exception as e:  # validation must not kill a training run
+            import sys
+
+            print(f"[dpc.train] dpc.eval validation failed: {type(e).__name__}: {e}",
+                  file=sys.stderr)
     if prec:
         res.update(precision=100 * float(np.mean(prec)), coverage=100 * float(np.mean(cov)))
         res["chamfer"] = res["precision"] + res["coverage"]
@@ -90,3 +112,16 @@ def _item(sampler: BatchSampler, obj: int, views: np.ndarray) -> dict[str, torch
                         s.mask_size)
     quat = torch.from_numpy(np.ascontiguousarray(s.quats[obj, views])).float()
     return {"image": img, "mask": mask, "quat": quat}
+
+
+def wandb_media(result: dict) -> dict:
+    """wandb payload (point clouds as Object3D) of the evaluation part's result, if any."""
+    ev = result.get("_eval")
+    if ev is None:
+        return {}
+    try:
+        from dpc.eval.validate import wandb_payload
+
+        return {k: x for k, x in wandb_payload(ev).items() if not isinstance(x, (int, float))}
+    except Exception:
+        return {}

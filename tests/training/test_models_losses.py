@@ -1,0 +1,106 @@
+"""Networks (shapes, ranges, paper inits), losses (known answers) and schedules."""
+
+import math
+
+import pytest
+import torch
+
+from dpc.camera import quat_mul, quat_normalize, random_quat
+from dpc.losses import l2_weight_decay, per_view_l2, student_loss, winner_takes_all
+from dpc.models import DPCModel
+from dpc.training import schedules
+from omegaconf import OmegaConf
+
+
+@pytest.mark.parametrize("S,M,student,rgb", [(32, 4, True, False), (64, 1, False, True)])
+def test_model_shapes_and_ranges(S, M, student, rgb):
+    torch.manual_seed(0)
+    m = DPCModel(image_size=S, num_points=100, base_channels=4, fc_dim=32, rgb=rgb,
+                 num_candidates=M, student=student)
+    out = m(torch.rand(3, 3, S, S))
+    assert out.points.shape == (3, 100, 3) and out.points.abs().max() <= 0.5
+    assert out.scale.shape == (3,) and ((out.scale > 0) & (out.scale < 1)).all()
+    assert out.pose_candidates.shape == (3, M, 4)
+    torch.testing.assert_close(out.pose_candidates.norm(dim=-1), torch.ones(3, M))
+    assert (out.pose_student is not None) == student
+    assert (out.colors is not None) == rgb
+    if rgb:
+        assert out.colors.shape == (3, 100, 3) and ((out.colors > 0) & (out.colors < 1)).all()
+    # shape decoded from selected rows only (the training loop's first view per object)
+    o2 = m(torch.rand(4, 3, S, S), shape_index=torch.tensor([0, 2]))
+    assert o2.points.shape == (2, 100, 3) and o2.pose_candidates.shape == (4, M, 4)
+
+
+def test_encoder_reaches_4x4_and_point_init_std():
+    torch.manual_seed(0)
+    m = DPCModel(image_size=128, num_points=8000)
+    assert m.encoder.fc1.in_features == 256 * 16  # 16 -> 32, 64, 128, 256 channels at 4x4
+    w = m.decoder.fc_points.weight
+    # truncated normal of stddev 0.025 cut at 2 std, as TF's truncated_normal: the actual
+    # std is 0.88 * 0.025
+    assert abs(w.std().item() - 0.88 * 0.025) < 0.0005
+    assert m.pose_heads is not None and len(m.pose_heads.candidates) == 4
+    assert [l.out_features for l in m.pose_heads.candidates[0] if hasattr(l, "out_features")] == [32, 32, 4]
+    with pytest.raises(ValueError, match="image_size"):
+        DPCModel(image_size=100)
+    with pytest.raises(ValueError, match="images must be"):
+        DPCModel(image_size=32, num_points=10, fc_dim=16)(torch.rand(1, 3, 64, 64))
+
+
+def test_per_view_l2_known_answer():
+    pred = torch.zeros(2, 3, 4, 4)
+    target = torch.ones(2, 3, 4, 4)
+    torch.testing.assert_close(per_view_l2(pred, target), torch.full((2, 3), 8.0))
+    col = per_view_l2(torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 2.0), image_dims=3)
+    torch.testing.assert_close(col, torch.full((2,), 96.0))
+
+
+def test_winner_takes_all_gradient_goes_to_winner_only():
+    per = torch.tensor([[[3.0, 1.0, 2.0], [0.5, 4.0, 9.0]]], requires_grad=True)  # [1, 2, 3]
+    r = winner_takes_all(per)
+    assert r.winner.tolist() == [[1, 0]]
+    assert r.loss.item() == pytest.approx((1.0 + 0.5) / 2)
+    r.loss.backward()
+    assert per.grad.tolist() == [[[0, 0.5, 0], [0.5, 0, 0]]]
+
+
+def test_student_loss_known_answers():
+    q = random_quat(5, generator=torch.Generator().manual_seed(0))
+    assert student_loss(q, q).item() == pytest.approx(0.0, abs=1e-6)
+    assert student_loss(-q, q).item() == pytest.approx(0.0, abs=1e-6)  # same rotation
+    # rotation by angle a between them: 1 - cos^2(a/2) = sin^2(a/2)
+    a = 0.7
+    rot = torch.tensor([math.cos(a / 2), 0.0, math.sin(a / 2), 0.0]).expand(5, 4)
+    s = quat_normalize(quat_mul(rot, q))
+    assert student_loss(s, q).item() == pytest.approx(math.sin(a / 2) ** 2, rel=1e-5)
+    # the teacher is held constant
+    qs, qt = q.clone().requires_grad_(), s.clone().requires_grad_()
+    student_loss(qs, qt).backward()
+    assert qt.grad is None and qs.grad is not None
+
+
+def test_weight_decay_counts_weights_not_biases():
+    lin = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+        lin.bias.fill_(100.0)
+    assert float(l2_weight_decay(lin, 1e-3)) == pytest.approx(0.5 * 1e-3 * 6 * 4.0)
+    assert l2_weight_decay(lin, 0.0) == 0.0
+
+
+def test_schedules_linear_and_clamped():
+    cfg = OmegaConf.create({
+        "trainer": {"max_steps": 100},
+        "render": {"pc_relative_sigma": 3.0, "pc_relative_sigma_end": 0.2, "sigma_anneal_steps": None,
+                   "pc_point_dropout_scheduled": True, "pc_point_dropout_start": 0.07,
+                   "pc_point_dropout_anneal_steps": 50},
+    })
+    assert schedules.blur_sigma(0, cfg) == 3.0
+    assert schedules.blur_sigma(50, cfg) == pytest.approx(1.6)
+    assert schedules.blur_sigma(100, cfg) == pytest.approx(0.2)
+    assert schedules.blur_sigma(1000, cfg) == pytest.approx(0.2)
+    assert schedules.keep_fraction(0, cfg) == pytest.approx(0.07)
+    assert schedules.keep_fraction(25, cfg) == pytest.approx(0.535)
+    assert schedules.keep_fraction(60, cfg) == 1.0
+    cfg.render.pc_point_dropout_scheduled = False
+    assert schedules.keep_fraction(0, cfg) == 1.0
