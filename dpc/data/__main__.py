@@ -4,6 +4,7 @@
     python -m dpc.data build category=car preset=quick    # tiny set in seconds -> data/car_quick
     python -m dpc.data sheet data/car --out sheet.png [--split train] [--n 12]
     python -m dpc.data info data/car
+    python -m dpc.data import-original <release folder> --synset chair --out data/chair_sn
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(rest)
         print(contact_sheet(a.path, a.out, a.split, a.n, seed=a.seed))
         return 0
+    if cmd == "import-original":
+        from dpc.data.original import import_original
+
+        p = argparse.ArgumentParser(prog="python -m dpc.data import-original")
+        p.add_argument("src", help="folder with renders/, gt/ and splits/")
+        p.add_argument("--synset", required=True, help="ShapeNet synset id or chair/car/airplane")
+        p.add_argument("--out", required=True, help="dataset folder to write")
+        p.add_argument("--splits", default=None, help="folder of <synset>_<split>.txt lists")
+        p.add_argument("--strict", action="store_true", help="stop at the first bad object")
+        a = p.parse_args(rest)
+        out = import_original(a.src, a.synset, a.out, splits_dir=a.splits, strict=a.strict)
+        print(f"dataset ready: {out}")
+        return 0
     if cmd == "info":
         from dpc.data.format import read_manifest
 
@@ -56,5 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _cli() -> int:
+    try:
+        return main()
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        # bad input: say what and where, without a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli())

@@ -145,17 +145,17 @@ def _work(task: tuple[str, str]) -> tuple[str, str, str | None]:
 # ---- driver ------------------------------------------------------------------------------
 
 
-def build_dataset(settings: BuildSettings | None = None, source: MeshSource | None = None,
+def build_dataset(settings: BuildSettings | None = None, mesh_source: MeshSource | None = None,
                   overwrite: bool = False, **kwargs) -> Path:
     """Build (or reuse, or resume) a dataset; returns its folder.
 
     Args:
         settings: build settings (or give keyword arguments, see ``make_settings``).
-        source: a mesh source overriding the category's (tests, custom sources).
+        mesh_source: a mesh source object replacing the category's (tests, custom sources).
         overwrite: delete an existing complete dataset built with other settings.
     """
     s = settings or make_settings(**kwargs)
-    src = source or make_source(s)
+    src = mesh_source or make_source(s)
     out = Path(s.root) / s.dataset_name
     key = s.key()
     identity = {"settings": s.identity(), "source": src.describe()}

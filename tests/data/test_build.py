@@ -76,11 +76,11 @@ def test_builds_are_deterministic(tmp_path, tiny_kwargs):
 
 def test_rerun_reuses_and_other_settings_refuse(tiny_kwargs):
     s = make_settings(**tiny_kwargs)
-    out = build_dataset(s, source=CountingCars({"train": 4, "val": 1, "test": 1}))
+    out = build_dataset(s, mesh_source=CountingCars({"train": 4, "val": 1, "test": 1}))
     n = CountingCars.loads
     assert n == 6
     mtime = (out / "manifest.json").stat().st_mtime_ns
-    build_dataset(s, source=CountingCars({"train": 4, "val": 1, "test": 1}))
+    build_dataset(s, mesh_source=CountingCars({"train": 4, "val": 1, "test": 1}))
     assert CountingCars.loads == n  # nothing reloaded
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
     with pytest.raises(DatasetFormatError, match="other settings"):
@@ -94,14 +94,14 @@ def test_interrupted_build_resumes(tiny_kwargs):
     sizes = {"train": 4, "val": 1, "test": 1}
     CountingCars.fail_after = 3
     with pytest.raises(KeyboardInterrupt):
-        build_dataset(s, source=CountingCars(sizes))
+        build_dataset(s, mesh_source=CountingCars(sizes))
     folder = Path(tiny_kwargs["root"]) / "car_quick"
     assert not (folder / "manifest.json").exists()  # never looks complete
     with pytest.raises(DatasetFormatError, match="unfinished build"):
         open_dataset(folder)
     CountingCars.fail_after = None
     CountingCars.loads = 0
-    build_dataset(s, source=CountingCars(sizes))
+    build_dataset(s, mesh_source=CountingCars(sizes))
     assert CountingCars.loads == 3  # only the 3 unfinished objects
     ds = open_dataset(folder)
     assert len(ds.splits["train"]) == 4 and not (folder / ".partial").exists()

@@ -67,7 +67,8 @@ class FolderSource(MeshSource):
         self.seed, self.val_fraction, self.test_fraction = seed, val_fraction, test_fraction
         files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in MESH_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no mesh files ({', '.join(MESH_SUFFIXES)}) under {self.folder}")
+            raise FileNotFoundError(
+                f"no mesh files ({', '.join(MESH_SUFFIXES)}) under {self.folder}")
         self.files = {self._id(p): str(p.relative_to(self.folder)) for p in files}
 
     def _id(self, p: Path) -> str:
