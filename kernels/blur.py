@@ -72,7 +72,6 @@ if has_triton():
         in_tile = row_ok[:, None] & (cols[None, :] < N)
         # int64: B * C * D * H * W may exceed 2^31.
         offs = rows[:, None].to(tl.int64) * N + cols[None, :]
-        R: tl.constexpr = (K - 1) // 2
         if AXIS == 0:
             pos = rows % L  # position of each row along the blurred axis
         if HAS_SCALE:
@@ -81,13 +80,13 @@ if has_triton():
         for k in tl.static_range(K):
             wk = tl.load(w_ptr + k)
             if AXIS == 0:
-                src = pos + (k - R)
+                src = pos + (k - (K - 1) // 2)
                 ok = ((src >= 0) & (src < L) & row_ok)[:, None] & (cols[None, :] < N)
-                o = offs + (k - R) * N
+                o = offs + (k - (K - 1) // 2) * N
             else:
-                src = cols + (k - R)
+                src = cols + (k - (K - 1) // 2)
                 ok = row_ok[:, None] & ((src >= 0) & (src < N))[None, :]
-                o = offs + (k - R)
+                o = offs + (k - (K - 1) // 2)
             x = tl.load(in_ptr + o, mask=ok, other=0.0)
             if MODE == 1:  # _CLIP_IN
                 x = tl.minimum(tl.maximum(x, 0.0), 1.0)
