@@ -197,6 +197,14 @@ def train(cfg: DictConfig) -> dict:
     val_metrics: dict[str, float] = {}
     model.train()
     try:
+        if is_main and cfg.val.every and cfg.val.at_start and start_step == 0:
+            # the untrained network's numbers, for before/after comparisons
+            val0 = {k: x for k, x in _validate(model, reader, cfg, device).items()
+                    if not k.startswith("_")}
+            logger.metrics(0, val0, prefix="val_init")
+            summary["val_init"] = val0
+            print("[dpc.train] val (untrained): "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in val0.items()), flush=True)
         for step in range(start_step, max_steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             sigma = schedules.blur_sigma(step, cfg)
