@@ -155,10 +155,8 @@ def build_dataset(settings: BuildSettings | None = None, mesh_source: MeshSource
         overwrite: delete an existing complete dataset built with other settings.
     """
     s = settings or make_settings(**kwargs)
-    src = mesh_source or make_source(s)
     out = Path(s.root) / s.dataset_name
     key = s.key()
-    identity = {"settings": s.identity(), "source": src.describe()}
     if (out / MANIFEST).exists():
         try:
             manifest = read_manifest(out)
@@ -166,8 +164,12 @@ def build_dataset(settings: BuildSettings | None = None, mesh_source: MeshSource
             if not overwrite:
                 raise
             manifest = None
-        if manifest is not None and manifest.get("key") == key and \
-                manifest.get("source") == json.loads(json.dumps(src.describe())):
+        # Same settings: reuse. The category's own source is not re-described here (the
+        # airplane catalogue takes seconds); an explicitly given source must also match.
+        same_source = mesh_source is None or (
+            manifest is not None
+            and manifest.get("source") == json.loads(json.dumps(mesh_source.describe())))
+        if manifest is not None and manifest.get("key") == key and same_source:
             log.info("dataset %s is complete; reusing it", out)
             return out
         if not overwrite:
@@ -177,6 +179,8 @@ def build_dataset(settings: BuildSettings | None = None, mesh_source: MeshSource
                 "or pass overwrite=true to replace it"
             )
         shutil.rmtree(out)
+    src = mesh_source or make_source(s)
+    identity = {"settings": s.identity(), "source": src.describe()}
     staging = out / PARTIAL
     key_file = staging / "key.json"
     if staging.exists():
