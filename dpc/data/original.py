@@ -44,7 +44,7 @@ from dpc.data.sources.base import object_seed
 SYNSETS = {"chair": "03001627", "car": "02958343", "airplane": "02691156"}
 
 
-class ImportError_(ValueError):
+class OriginalImportError(ValueError):
     """An object of the original layout that cannot be imported (names the file)."""
 
 
@@ -76,15 +76,15 @@ def _load_mat(path: Path, keys: tuple[str, ...]) -> dict:
     from scipy.io import loadmat
 
     if not path.is_file():
-        raise ImportError_(f"{path}: file is missing")
+        raise OriginalImportError(f"{path}: file is missing")
     try:
         d = loadmat(path)
     except Exception as exc:  # scipy raises ValueError/TypeError/... on corrupt files
-        raise ImportError_(f"{path}: cannot read .mat file: {exc}") from exc
+        raise OriginalImportError(f"{path}: cannot read .mat file: {exc}") from exc
     for k in keys:
         if k not in d:
             have = sorted(x for x in d if not x.startswith("__"))
-            raise ImportError_(f"{path}: no {k!r} variable (has {have})")
+            raise OriginalImportError(f"{path}: no {k!r} variable (has {have})")
     return d
 
 
@@ -93,15 +93,15 @@ def _load_rgba(path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     if not path.is_file():
-        raise ImportError_(f"{path}: file is missing")
+        raise OriginalImportError(f"{path}: file is missing")
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later
             rgba = np.asarray(im.convert("RGBA"), np.float32)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImportError_(f"{path}: corrupt or truncated image: {exc}") from exc
+        raise OriginalImportError(f"{path}: corrupt or truncated image: {exc}") from exc
     if rgba.shape[0] != rgba.shape[1] or (size is not None and rgba.shape[0] != size):
-        raise ImportError_(f"{path}: image is {rgba.shape[1]}x{rgba.shape[0]}, expected "
+        raise OriginalImportError(f"{path}: image is {rgba.shape[1]}x{rgba.shape[0]}, expected "
                            f"{size}x{size}" if size else f"{path}: image is not square")
     a = rgba[..., 3:4] / 255.0
     rgb = rgba[..., :3] * a + 255.0 * (1.0 - a)
@@ -196,7 +196,7 @@ def import_original(
             try:
                 row = _import_object(src, synset, oid, num_views, S, gt_points,
                                      gt_points_dense, seed, split)
-            except ImportError_ as exc:
+            except OriginalImportError as exc:
                 if strict:
                     raise
                 warnings.warn(f"skipping {split}/{oid}: {exc}", stacklevel=2)
@@ -247,7 +247,7 @@ def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, 
                    seed: int, split: str) -> dict[str, np.ndarray]:
     folder = src / "renders" / synset / oid
     if not folder.is_dir():
-        raise ImportError_(f"listed in splits/{synset}_{split}.txt but {folder} is missing")
+        raise OriginalImportError(f"listed in splits/{synset}_{split}.txt but {folder} is missing")
     images = np.empty((V, S, S, 3), np.uint8)
     masks = np.empty((V, S, S), np.uint8)
     pos = np.empty((V, 3), np.float64)
@@ -258,15 +258,17 @@ def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, 
         p = np.asarray(cam["pos"], np.float64).reshape(-1)
         E = np.asarray(cam["extrinsic"], np.float64)
         if p.shape != (3,) or not np.isfinite(p).all() or np.linalg.norm(p) < 1e-6:
-            raise ImportError_(f"{cam_file}: 'pos' must be a finite nonzero 3-vector")
+            raise OriginalImportError(f"{cam_file}: 'pos' must be a finite nonzero 3-vector")
         if E.shape not in ((4, 4), (3, 4)) or not np.isfinite(E).all():
-            raise ImportError_(f"{cam_file}: 'extrinsic' must be a finite 4x4 (or 3x4) matrix")
+            raise OriginalImportError(
+                f"{cam_file}: 'extrinsic' must be a finite 4x4 (or 3x4) matrix")
         centre = -E[:3, :3].T @ E[:3, 3]
         if np.linalg.norm(centre) > 1e-6:
             cosang = centre @ p / (np.linalg.norm(centre) * np.linalg.norm(p))
             if cosang < 0.999:
-                raise ImportError_(f"{cam_file}: 'extrinsic' camera centre {centre.round(3)} "
-                                   f"does not point along 'pos' {p.round(3)}")
+                raise OriginalImportError(
+                    f"{cam_file}: 'extrinsic' camera centre {centre.round(3)} "
+                    f"does not point along 'pos' {p.round(3)}")
         pos[k] = p
     q = blender_pos_to_quat(pos)
     # object-frame camera position at the project's distance 2 (direction from pos)
@@ -275,9 +277,9 @@ def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, 
     gt_file = src / "gt" / "downsampled" / synset / f"{oid}.mat"
     pts = np.asarray(_load_mat(gt_file, ("points",))["points"], np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise ImportError_(f"{gt_file}: 'points' must be N x 3 with N > 0, got {pts.shape}")
+        raise OriginalImportError(f"{gt_file}: 'points' must be N x 3 with N > 0, got {pts.shape}")
     if not np.isfinite(pts).all():
-        raise ImportError_(f"{gt_file}: 'points' has NaN or infinite values")
+        raise OriginalImportError(f"{gt_file}: 'points' has NaN or infinite values")
     rng = np.random.default_rng(object_seed(seed, "gt", oid))
     return {"images": images, "masks": masks, "quats": q.astype(np.float32),
             "cam_pos": cam_pos.astype(np.float32), "gt_dense": _resample(pts, n_dense, rng),
