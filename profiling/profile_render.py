@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--providers", default=None,
                     help="comma list of eager,compile,triton (default: all that can run)")
     ap.add_argument("--configs", default=None, help="comma list of config indices")
+    ap.add_argument("--custom", default=None, metavar="B,N,G,K",
+                    help="one custom config instead: views, points, grid, taps")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "profiling" / "out")
@@ -275,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     configs = QUICK if args.quick else PAPER
     if args.configs:
         configs = [configs[int(i)] for i in args.configs.split(",")]
+    if args.custom:
+        try:
+            B, N, G, K = (int(v) for v in args.custom.split(","))
+        except ValueError as e:
+            raise ValueError(f"--custom must be B,N,G,K ints, got {args.custom!r}") from e
+        configs = [Config(f"{B} views, {N} pts, {G}^3, K{K}", B, N, G, K)]
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
     iters = args.iters if args.iters is not None else (5 if args.quick else 20)
     triton_ok = has_triton() and (on_gpu or triton_interpreting())
