@@ -15,7 +15,8 @@ writes rows top-down, so the PNGs are used as they are (the original flipped row
 instead). ``extrinsic`` is checked for consistency: its camera centre ``-R^T t`` must
 point along ``pos``.
 
-The release has no depth maps and only the downsampled GT: ``gt_points`` (8000) and
+Optional ``depth_<k>.png`` (16-bit, 0..10) are imported when present. Renders are taken in
+numeric order of k (the first V). The release has only the downsampled GT: ``gt_points`` (8000) and
 ``gt_dense`` (16000) are resampled from ``points`` (without replacement where there are
 enough points, else with replacement); the manifest says so.
 """
@@ -167,11 +168,15 @@ def import_original(
                   if (render_root / o).is_dir()), None)
     if first is None:
         raise FileNotFoundError(f"none of the listed models has a folder under {render_root}")
+    first_views = _view_indices(first)
+    if not first_views:
+        raise FileNotFoundError(f"{first}: no render_<k>.png files")
     if num_views is None:
-        num_views = len(list(first.glob("render_*.png")))
-        if num_views == 0:
-            raise FileNotFoundError(f"{first}: no render_<k>.png files")
-    S = _load_rgba(first / "render_0.png", None)[0].shape[0]
+        num_views = len(first_views)
+    S = _load_rgba(first / f"render_{first_views[0]}.png", None)[0].shape[0]
+    # depth_<k>.png (16 bit, 0..10) is optional in the release: import it when the first
+    # object has it, and then require it of every object
+    has_depth = (first / f"depth_{first_views[0]}.png").is_file()
 
     if out.exists():
         shutil.rmtree(out)  # no manifest: an unfinished import, start over
@@ -186,6 +191,7 @@ def import_original(
                   "masks": ((n, num_views, S, S), np.uint8),
                   "quats": ((n, num_views, 4), np.float32),
                   "cam_pos": ((n, num_views, 3), np.float32),
+                  **({"depths": ((n, num_views, S, S), np.float16)} if has_depth else {}),
                   "gt_dense": ((n, gt_points_dense, 3), np.float32),
                   "gt_points": ((n, gt_points, 3), np.float32)}
         arrs = {k: open_memmap(d / f"{k}.npy.tmp", mode="w+", dtype=dt, shape=sh)
@@ -195,7 +201,7 @@ def import_original(
         for oid in tqdm(ids, desc=f"import {split}", disable=not progress):
             try:
                 row = _import_object(src, synset, oid, num_views, S, gt_points,
-                                     gt_points_dense, seed, split)
+                                     gt_points_dense, seed, split, has_depth)
             except OriginalImportError as exc:
                 if strict:
                     raise
@@ -227,7 +233,7 @@ def import_original(
                       stacklevel=2)
     manifest = {
         "format_version": FORMAT_VERSION, "name": out.name, "category": synset, "key": key,
-        "num_views": num_views, "image_size": S, "has_depth": False, "splits": splits_meta,
+        "num_views": num_views, "image_size": S, "has_depth": has_depth, "splits": splits_meta,
         "num_skipped": n_skipped, "skipped": skipped, "settings": identity,
         "source": {"name": "original_release", "src": str(src.resolve()), "synset": synset},
         "renderer": {"engine": "original release renders (Blender)", "camera_distance": 2.0,
@@ -243,16 +249,50 @@ def import_original(
     return out
 
 
+def _view_indices(folder: Path) -> list[int]:
+    """The k of every ``render_<k>.png`` in ``folder``, in numeric order (the original
+    takes the first V of them and reads ``camera_<k>.mat`` by the same k)."""
+    ks = []
+    for f in folder.glob("render_*.png"):
+        stem = f.stem[len("render_"):]
+        if stem.isdigit():
+            ks.append(int(stem))
+    return sorted(ks)
+
+
+def _load_depth(path: Path, size: int) -> np.ndarray:
+    """Depth map float32 [S, S] from a 16-bit PNG encoding 0..10 (the release's format)."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise OriginalImportError(f"{path}: file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            d = np.asarray(im, np.float32)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise OriginalImportError(f"{path}: corrupt or truncated image: {exc}") from exc
+    if d.shape != (size, size):
+        raise OriginalImportError(f"{path}: depth map is {d.shape}, expected ({size}, {size})")
+    return d * (10.0 / 65535.0)
+
+
 def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, n_dense: int,
-                   seed: int, split: str) -> dict[str, np.ndarray]:
+                   seed: int, split: str, has_depth: bool = False) -> dict[str, np.ndarray]:
     folder = src / "renders" / synset / oid
     if not folder.is_dir():
         raise OriginalImportError(f"listed in splits/{synset}_{split}.txt but {folder} is missing")
+    ks = _view_indices(folder)
+    if len(ks) < V:
+        raise OriginalImportError(f"{folder}: {len(ks)} render_<k>.png files, expected {V}")
     images = np.empty((V, S, S, 3), np.uint8)
     masks = np.empty((V, S, S), np.uint8)
+    depths = np.empty((V, S, S), np.float16) if has_depth else None
     pos = np.empty((V, 3), np.float64)
-    for k in range(V):
-        images[k], masks[k] = _load_rgba(folder / f"render_{k}.png", S)
+    for v, k in enumerate(ks[:V]):
+        images[v], masks[v] = _load_rgba(folder / f"render_{k}.png", S)
+        if depths is not None:
+            depths[v] = _load_depth(folder / f"depth_{k}.png", S)
         cam_file = folder / f"camera_{k}.mat"
         cam = _load_mat(cam_file, ("extrinsic", "pos"))
         p = np.asarray(cam["pos"], np.float64).reshape(-1)
@@ -269,7 +309,7 @@ def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, 
                 raise OriginalImportError(
                     f"{cam_file}: 'extrinsic' camera centre {centre.round(3)} "
                     f"does not point along 'pos' {p.round(3)}")
-        pos[k] = p
+        pos[v] = p
     q = blender_pos_to_quat(pos)
     # object-frame camera position at the project's distance 2 (direction from pos)
     pn = pos / np.linalg.norm(pos, axis=1, keepdims=True)
@@ -281,6 +321,9 @@ def _import_object(src: Path, synset: str, oid: str, V: int, S: int, n_gt: int, 
     if not np.isfinite(pts).all():
         raise OriginalImportError(f"{gt_file}: 'points' has NaN or infinite values")
     rng = np.random.default_rng(object_seed(seed, "gt", oid))
-    return {"images": images, "masks": masks, "quats": q.astype(np.float32),
-            "cam_pos": cam_pos.astype(np.float32), "gt_dense": _resample(pts, n_dense, rng),
-            "gt_points": _resample(pts, n_gt, rng)}
+    out = {"images": images, "masks": masks, "quats": q.astype(np.float32),
+           "cam_pos": cam_pos.astype(np.float32), "gt_dense": _resample(pts, n_dense, rng),
+           "gt_points": _resample(pts, n_gt, rng)}
+    if depths is not None:
+        out["depths"] = depths
+    return out

@@ -49,10 +49,11 @@ def blender_camera(pos: np.ndarray) -> np.ndarray:
     return E
 
 
-def blender_render(mesh_obj: trimesh.Trimesh, E: np.ndarray, size: int) -> np.ndarray:
-    """Mask (uint8, 255 inside) of the mesh imported into Blender (object y up -> Blender
-    z up: (x, y, z) -> (x, -z, y)) seen by the camera ``E``; focal 1.875 of the image
-    width, pixel centres from -0.5 to 0.5 inclusive, row 0 at the top."""
+def blender_render(mesh_obj: trimesh.Trimesh, E: np.ndarray, size: int):
+    """Mask (uint8, 255 inside) and Z-depth (background 10) of the mesh imported into
+    Blender (object y up -> Blender z up: (x, y, z) -> (x, -z, y)) seen by the camera
+    ``E``; focal 1.875 of the image width, pixel centres from -0.5 to 0.5 inclusive, row
+    0 at the top."""
     m = mesh_obj.copy()
     T = np.eye(4)
     T[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]
@@ -64,11 +65,16 @@ def blender_render(mesh_obj: trimesh.Trimesh, E: np.ndarray, size: int) -> np.nd
     d_cam = np.stack((x / 1.875, y / 1.875, -np.ones_like(x)), -1).reshape(-1, 3)
     d = d_cam @ R  # R^T d
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    hit = embree_intersector(m).intersects_any(np.broadcast_to(centre, d.shape), d)
-    return (hit.reshape(size, size) * 255).astype(np.uint8)
+    loc, ray, _ = embree_intersector(m).intersects_location(
+        np.broadcast_to(centre, d.shape), d, multiple_hits=False)
+    mask = np.zeros(size * size, np.uint8)
+    mask[ray] = 255
+    depth = np.full(size * size, 10.0)
+    depth[ray] = (loc - centre) @ -R[2]  # distance along the optical axis (-Z_cam)
+    return mask.reshape(size, size), depth.reshape(size, size)
 
 
-def make_fixture(root, models=("m0", "m1"), views=V):
+def make_fixture(root, models=("m0", "m1"), views=tuple(range(V)), depth=False):
     rng = np.random.default_rng(0)
     mesh = asymmetric_mesh()
     truth = {}
@@ -76,11 +82,14 @@ def make_fixture(root, models=("m0", "m1"), views=V):
         d = root / "renders" / SYNSET / mid
         d.mkdir(parents=True)
         poses = []
-        for k in range(views):
+        for k in views:
             az, el = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(-20, 40))
             pos = 2.0 * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
             E = blender_camera(pos)
-            mask = blender_render(mesh, E, S)
+            mask, z = blender_render(mesh, E, S)
+            if depth:  # the release's 16-bit encoding of 0..10
+                Image.fromarray(np.round(z / 10 * 65535).astype(np.uint16)).save(
+                    d / f"depth_{k}.png")
             rgba = np.zeros((S, S, 4), np.uint8)
             rgba[..., 0] = 200
             rgba[..., 3] = mask
@@ -133,6 +142,24 @@ def test_fixture_round_trip(tmp_path):
     assert (img[m == 0] == 255).all() and (img[m == 255][:, 0] == 200).all()
     # a rerun reuses the import
     assert import_original(tmp_path / "release", "car", out, progress=False) == out
+
+
+def test_fixture_with_depth_and_sparse_view_numbers(tmp_path):
+    """render_0, render_2, render_10 (numeric order, as the original reads them) with
+    16-bit depth maps: depths match the project's renderer at the converted poses."""
+    mesh, _ = make_fixture(tmp_path / "release", views=(10, 0, 2), depth=True)
+    out = import_original(tmp_path / "release", SYNSET, tmp_path / "out", progress=False)
+    ds = open_dataset(out)
+    assert ds.num_views == 3 and ds.manifest["has_depth"]
+    q = torch.from_numpy(np.array(ds.quats("train")[0])).double()
+    ours = MeshRenderer(MeshRenderSettings(image_size=S, supersample=1)).render(
+        mesh, quat_to_matrix(q).numpy())
+    theirs = ds.depths("train")[0].astype(np.float32)
+    both = (ours["mask"] > 127) & (ds.masks("train")[0] > 127)
+    assert both.sum() > 100
+    # float16 storage: ~2e-3 resolution at depth 2
+    np.testing.assert_allclose(theirs[both], ours["depth"][both], atol=5e-3)
+    assert (theirs[ds.masks("train")[0] == 0] == 10).all()
 
 
 @pytest.mark.parametrize("damage", ["corrupt_png", "truncated_png", "missing_camera",
