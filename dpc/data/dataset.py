@@ -46,12 +46,29 @@ class MultiViewDataset(Dataset):
         self.epoch = 0
         self._images = self.info.images(split)
         self._masks = self.info.masks(split)
+        self._in_memory = in_memory
         if in_memory:
             self._images = np.ascontiguousarray(self._images)
             self._masks = np.ascontiguousarray(self._masks)
         self._quats = np.ascontiguousarray(self.info.quats(split))
         self._cam_pos = np.ascontiguousarray(self.info.cam_pos(split))
         self.object_ids = self.info.splits[split]
+
+    def __getstate__(self) -> dict:
+        # Loader workers started with "spawn" receive a pickled copy: send the path, not
+        # the memory maps (pickling a memmap copies its whole content).
+        state = self.__dict__.copy()
+        if not self._in_memory:
+            state["_images"] = state["_masks"] = None
+        state["info"] = str(self.info.path)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.info = DatasetInfo(state["info"])
+        if self._images is None:
+            self._images = self.info.images(self.split)
+            self._masks = self.info.masks(self.split)
 
     def __len__(self) -> int:
         return len(self.object_ids)

@@ -152,6 +152,14 @@ def test_multiview_dataset_items(tiny_kwargs):
     assert [ds[i]["view_index"].tolist() for i in range(4)] != before
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 4, 3, 32, 32)
+    # pickles without the memory maps (spawned loader workers), and reopens them
+    import pickle
+
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20000
+    ds2 = pickle.loads(blob)
+    ds2.set_epoch(0)
+    np.testing.assert_array_equal(ds2[2]["image"], item["image"])
     with pytest.raises(ValueError, match="views_per_item"):
         MultiViewDataset(out, "train", views_per_item=6)
 
