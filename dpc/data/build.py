@@ -112,6 +112,8 @@ def render_object(source: MeshSource, s: BuildSettings, renderer: MeshRenderer,
         check_mesh(mesh, f"{source.name}:{object_id}")
     except (MeshError, ValueError, OSError) as exc:
         raise ObjectSkipped(str(exc)) from exc
+    if s.normalize == "diagonal":  # sources give longest side 1; make the diagonal 1
+        mesh.apply_scale(1.0 / float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])))
     quats, cam_pos, R = sample_views(s, object_id)
     inter = embree_intersector(mesh)
     views = renderer.render(mesh, R, intersector=inter)

@@ -179,3 +179,20 @@ def test_ensure_dataset_and_cli(tmp_path, tiny_kwargs):
     assert Image.open(sheet).size[0] > 3 * 32
     with pytest.raises(ValueError, match="unknown dataset setting"):
         cli(["build", "categroy=car"])
+
+
+def test_normalize_diagonal_keeps_objects_in_frame(tiny_kwargs):
+    """normalize=diagonal scales each object to bounding-box diagonal 1: GT points span a
+    box of diagonal ~1 and no mask touches the image border; the default (cube) key is
+    unchanged by the option's existence."""
+    assert make_settings(**tiny_kwargs).identity().get("normalize") is None
+    out = build_dataset(**{**tiny_kwargs, "normalize": "diagonal", "name": "diag"})
+    ds = open_dataset(out)
+    pts = ds.gt_points("train", dense=True)
+    ext = pts.max(1) - pts.min(1)
+    np.testing.assert_allclose(np.linalg.norm(ext, axis=-1), 1.0, atol=0.03)
+    m = ds.masks("train")
+    border = np.concatenate([m[..., 0, :], m[..., -1, :], m[..., :, 0], m[..., :, -1]], -1)
+    assert border.max() == 0
+    with pytest.raises(ValueError, match="normalize"):
+        make_settings(**{**tiny_kwargs, "normalize": "sphere"})
