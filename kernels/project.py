@@ -56,7 +56,7 @@ if has_triton():
         probs_ptr,  # [B, D+1, H*W] (RETURN_PROBS)
         occ_ptr,  # [B, D, H*W]
         colors_ptr,  # [B, C, D, H*W]
-        D,
+        D: tl.constexpr,  # depth cells: a compile-time loop bound (one build per grid depth)
         HW,
         tiles,  # cdiv(HW, BLOCK)
         C,
@@ -121,7 +121,7 @@ if has_triton():
         g_depth_ptr,  # [B, H*W] (HAS_G_DEPTH)
         g_color_ptr,  # [B, C, H*W] (HAS_COLOR)
         g_probs_ptr,  # [B, D+1, H*W] (HAS_G_PROBS)
-        D,
+        D: tl.constexpr,  # depth cells: a compile-time loop bound (one build per grid depth)
         HW,
         tiles,
         C,

@@ -62,16 +62,16 @@ def cases(fp: str):
     for has_color in (False, True):
         yield "project_fwd", project._project_fwd_kernel, {
             "sil_ptr": P, "depth_ptr": P, "color_ptr": P, "probs_ptr": P, "occ_ptr": P,
-            "colors_ptr": P, "D": i, "HW": i, "tiles": i, "C": i, "camera_distance": f,
+            "colors_ptr": P, "HW": i, "tiles": i, "C": i, "camera_distance": f,
             "max_depth": f, "background": f,
-        }, {"HAS_COLOR": has_color, "RETURN_DEPTH": True, "RETURN_PROBS": True,
+        }, {"D": 64, "HAS_COLOR": has_color, "RETURN_DEPTH": True, "RETURN_PROBS": True,
             "C_BLOCK": 4, "BLOCK": 128}
         yield "project_bwd", project._project_bwd_kernel, {
             "grad_occ_ptr": P, "grad_colors_ptr": P, "occ_ptr": P, "colors_ptr": P,
-            "g_sil_ptr": P, "g_depth_ptr": P, "g_color_ptr": P, "g_probs_ptr": P, "D": i,
+            "g_sil_ptr": P, "g_depth_ptr": P, "g_color_ptr": P, "g_probs_ptr": P,
             "HW": i, "tiles": i, "C": i, "camera_distance": f, "max_depth": f,
             "background": f,
-        }, {"HAS_COLOR": has_color, "HAS_G_DEPTH": True, "HAS_G_PROBS": True,
+        }, {"D": 64, "HAS_COLOR": has_color, "HAS_G_DEPTH": True, "HAS_G_PROBS": True,
             "C_BLOCK": 4, "BLOCK": 128}
 
 
