@@ -119,6 +119,13 @@ def test_manifest_version_mismatch(tiny_kwargs):
         open_dataset(out)
 
 
+def test_unreadable_manifest(tiny_kwargs):
+    out = build_dataset(**tiny_kwargs)
+    (out / "manifest.json").write_text("{ truncated")
+    with pytest.raises(DatasetFormatError, match=r"manifest\.json is not valid JSON"):
+        open_dataset(out)
+
+
 def test_missing_and_corrupt_arrays(tiny_kwargs):
     out = build_dataset(**tiny_kwargs)
     (out / "train" / "masks.npy").write_bytes(b"garbage")
