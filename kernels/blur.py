@@ -144,14 +144,24 @@ def _pass(
     tiles_n = triton.cdiv(N, BLOCK_N)
     dummy = inp
     _blur_pass_kernel[(triton.cdiv(M, BLOCK_M) * tiles_n,)](
-        out, inp, taps,
+        out,
+        inp,
+        taps,
         aux_out if aux_out is not None else dummy,
         aux_in if aux_in is not None else dummy,
         scale if scale is not None else dummy,
         grad_scale if grad_scale is not None else dummy,
-        M, N, L, tiles_n, rows_per_batch,
-        AXIS=axis, MODE=mode, HAS_SCALE=scale is not None, K=taps.numel(),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        M,
+        N,
+        L,
+        tiles_n,
+        rows_per_batch,
+        AXIS=axis,
+        MODE=mode,
+        HAS_SCALE=scale is not None,
+        K=taps.numel(),
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
     )
 
 
@@ -211,7 +221,11 @@ def blur_occupancy_fwd(
 
 
 def blur_occupancy_bwd(
-    grad: Tensor, volume: Tensor, blurred: Tensor, sigma: float, kernel_size: int,
+    grad: Tensor,
+    volume: Tensor,
+    blurred: Tensor,
+    sigma: float,
+    kernel_size: int,
     scale: Tensor | None,
 ) -> tuple[Tensor, Tensor | None]:
     """Backward of :func:`blur_occupancy_fwd`: returns d(volume) and d(scale) ``[B]``."""
@@ -224,8 +238,18 @@ def blur_occupancy_bwd(
     if scale is not None:
         # Accumulated in float32 / float64 like the data; atomics reorder the sum.
         grad_scale = torch.zeros(B, dtype=grad.dtype, device=grad.device)
-    _pass(t1, grad, taps, vd, 0, _GRAD_SCALE_CLIP_IN, aux_in=blurred, scale=scale,
-          grad_scale=grad_scale, rows_per_batch=C * D)
+    _pass(
+        t1,
+        grad,
+        taps,
+        vd,
+        0,
+        _GRAD_SCALE_CLIP_IN,
+        aux_in=blurred,
+        scale=scale,
+        grad_scale=grad_scale,
+        rows_per_batch=C * D,
+    )
     _pass(t2, t1, taps, vh, 0)
     _pass(t1, t2, taps, vw, 1, _GRAD_CLIP_OUT, aux_in=volume)
     return t1, grad_scale

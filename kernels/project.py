@@ -222,11 +222,24 @@ def project_fwd(
     BLOCK = launch_block(_GPU_BLOCK, HW, interpret_cap=4096)
     tiles = triton.cdiv(HW, BLOCK)
     _project_fwd_kernel[(B * tiles,)](
-        sil, depth if depth is not None else sil, color if color is not None else sil,
-        probs if probs is not None else sil, occ, colors if colors is not None else occ,
-        D, HW, tiles, C, float(camera_distance), float(max_depth), float(background),
-        HAS_COLOR=colors is not None, RETURN_DEPTH=return_depth, RETURN_PROBS=return_probs,
-        C_BLOCK=next_pow2(max(C, 1)), BLOCK=BLOCK,
+        sil,
+        depth if depth is not None else sil,
+        color if color is not None else sil,
+        probs if probs is not None else sil,
+        occ,
+        colors if colors is not None else occ,
+        D,
+        HW,
+        tiles,
+        C,
+        float(camera_distance),
+        float(max_depth),
+        float(background),
+        HAS_COLOR=colors is not None,
+        RETURN_DEPTH=return_depth,
+        RETURN_PROBS=return_probs,
+        C_BLOCK=next_pow2(max(C, 1)),
+        BLOCK=BLOCK,
     )
     return RayProjection(sil, depth, color, probs)
 
@@ -256,13 +269,26 @@ def project_bwd(
     tiles = triton.cdiv(HW, BLOCK)
     dummy = occ
     _project_bwd_kernel[(B * tiles,)](
-        grad_occ, grad_colors if grad_colors is not None else dummy, occ,
-        colors if colors is not None else dummy, g_sil,
-        g_depth if g_depth is not None else dummy, g_color if g_color is not None else dummy,
+        grad_occ,
+        grad_colors if grad_colors is not None else dummy,
+        occ,
+        colors if colors is not None else dummy,
+        g_sil,
+        g_depth if g_depth is not None else dummy,
+        g_color if g_color is not None else dummy,
         g_probs if g_probs is not None else dummy,
-        D, HW, tiles, C, float(camera_distance), float(max_depth), float(background),
-        HAS_COLOR=colors is not None, HAS_G_DEPTH=g_depth is not None,
-        HAS_G_PROBS=g_probs is not None, C_BLOCK=next_pow2(max(C, 1)), BLOCK=BLOCK,
+        D,
+        HW,
+        tiles,
+        C,
+        float(camera_distance),
+        float(max_depth),
+        float(background),
+        HAS_COLOR=colors is not None,
+        HAS_G_DEPTH=g_depth is not None,
+        HAS_G_PROBS=g_probs is not None,
+        C_BLOCK=next_pow2(max(C, 1)),
+        BLOCK=BLOCK,
     )
     return grad_occ, grad_colors
 
@@ -272,10 +298,12 @@ class RayProject(torch.autograd.Function):
     the inputs: the backward recomputes the transmittance."""
 
     @staticmethod
-    def forward(ctx, occ, colors, camera_distance, max_depth, background, return_depth,
-                return_probs):
-        out = project_fwd(occ, colors, camera_distance, max_depth, background, return_depth,
-                          return_probs)
+    def forward(
+        ctx, occ, colors, camera_distance, max_depth, background, return_depth, return_probs
+    ):
+        out = project_fwd(
+            occ, colors, camera_distance, max_depth, background, return_depth, return_probs
+        )
         ctx.save_for_backward(occ, colors)
         ctx.params = (camera_distance, max_depth, background)
         return tuple(out)
@@ -297,7 +325,11 @@ class RayProject(torch.autograd.Function):
         return (
             grad_occ if ctx.needs_input_grad[0] else None,
             grad_colors if ctx.needs_input_grad[1] else None,
-            None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -334,9 +366,13 @@ def ray_project(
             colors is None or colors.dtype == occupancy.dtype
         ):
             out = RayProject.apply(
-                occupancy.contiguous(), colors.contiguous() if colors is not None else None,
-                float(camera_distance), float(max_depth), float(background),
-                bool(return_depth), bool(return_probs),
+                occupancy.contiguous(),
+                colors.contiguous() if colors is not None else None,
+                float(camera_distance),
+                float(max_depth),
+                float(background),
+                bool(return_depth),
+                bool(return_probs),
             )
             return RayProjection(*out)
         if backend == "triton":

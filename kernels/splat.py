@@ -216,10 +216,19 @@ def splat_fwd(
     BLOCK = launch_block(_GPU_BLOCK, N, interpret_cap=4096)
     n_blocks = triton.cdiv(N, BLOCK)
     _splat_fwd_kernel[(B * n_blocks,)](
-        occ, feat if feat is not None else occ, points,
+        occ,
+        feat if feat is not None else occ,
+        points,
         features if features is not None else points,
-        N, D, H, W, n_blocks, C,
-        HAS_FEAT=features is not None, C_BLOCK=next_pow2(max(C, 1)), BLOCK=BLOCK,
+        N,
+        D,
+        H,
+        W,
+        n_blocks,
+        C,
+        HAS_FEAT=features is not None,
+        C_BLOCK=next_pow2(max(C, 1)),
+        BLOCK=BLOCK,
     )
     return occ, feat
 
@@ -243,13 +252,23 @@ def splat_bwd(
     n_blocks = triton.cdiv(N, BLOCK)
     dummy = points
     _splat_bwd_kernel[(B * n_blocks,)](
-        grad_points, grad_features if grad_features is not None else dummy,
+        grad_points,
+        grad_features if grad_features is not None else dummy,
         grad_occ if grad_occ is not None else dummy,
         grad_feat if grad_feat is not None else dummy,
-        points, features if features is not None else dummy,
-        N, D, H, W, n_blocks, C,
-        HAS_FEAT=features is not None, HAS_GRAD_OCC=grad_occ is not None,
-        HAS_GRAD_FEAT=grad_feat is not None, C_BLOCK=next_pow2(max(C, 1)), BLOCK=BLOCK,
+        points,
+        features if features is not None else dummy,
+        N,
+        D,
+        H,
+        W,
+        n_blocks,
+        C,
+        HAS_FEAT=features is not None,
+        HAS_GRAD_OCC=grad_occ is not None,
+        HAS_GRAD_FEAT=grad_feat is not None,
+        C_BLOCK=next_pow2(max(C, 1)),
+        BLOCK=BLOCK,
     )
     return grad_points, grad_features
 
@@ -307,9 +326,7 @@ def splat_points(
             )
         if features.dtype != points.dtype:
             raise ValueError(f"features dtype {features.dtype} != points dtype {points.dtype}")
-    if use_triton(backend, points, features) and (
-        backend == "triton" or triton_dtype_ok(points)
-    ):
+    if use_triton(backend, points, features) and (backend == "triton" or triton_dtype_ok(points)):
         if not triton_dtype_ok(points):
             raise ValueError(f"backend='triton' needs float32/float64 points, got {points.dtype}")
         pts = points.contiguous()

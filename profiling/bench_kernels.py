@@ -31,18 +31,34 @@ def ops(B: int, N: int, G: int, K: int):
     occ = torch.rand(B, 1, G, G, G, device=dev, generator=g)
     scale = torch.rand(B, device=dev, generator=g) + 0.5
     V = B * G**3 * 4
-    yield ("splat", lambda p: kernels.splat_points(p, (G, G, G), backend="triton")[0],
-           lambda p: ref.splat_points_ref(p, (G, G, G))[0], [pts], B * N * 12 + V)
-    yield ("blur3d", lambda v: kernels.blur3d(v, 3.0, K, backend="triton"),
-           lambda v: ref.blur3d_ref(v, 3.0, K), [vol], 2 * V)
-    yield ("blur_occupancy",
-           lambda v, s: kernels.blur_occupancy(v, 3.0, K, s, backend="triton"),
-           lambda v, s: kernels.blur_occupancy(v, 3.0, K, s, backend="reference"),
-           [vol, scale], 2 * V)
-    yield ("ray_project",
-           lambda o: kernels.ray_project(o, return_depth=False, backend="triton").silhouette,
-           lambda o: ref.ray_project_ref(o, return_depth=False).silhouette, [occ],
-           V + B * G * G * 4)
+    yield (
+        "splat",
+        lambda p: kernels.splat_points(p, (G, G, G), backend="triton")[0],
+        lambda p: ref.splat_points_ref(p, (G, G, G))[0],
+        [pts],
+        B * N * 12 + V,
+    )
+    yield (
+        "blur3d",
+        lambda v: kernels.blur3d(v, 3.0, K, backend="triton"),
+        lambda v: ref.blur3d_ref(v, 3.0, K),
+        [vol],
+        2 * V,
+    )
+    yield (
+        "blur_occupancy",
+        lambda v, s: kernels.blur_occupancy(v, 3.0, K, s, backend="triton"),
+        lambda v, s: kernels.blur_occupancy(v, 3.0, K, s, backend="reference"),
+        [vol, scale],
+        2 * V,
+    )
+    yield (
+        "ray_project",
+        lambda o: kernels.ray_project(o, return_depth=False, backend="triton").silhouette,
+        lambda o: ref.ray_project_ref(o, return_depth=False).silhouette,
+        [occ],
+        V + B * G * G * 4,
+    )
 
 
 def main() -> int:
@@ -56,8 +72,10 @@ def main() -> int:
         raise SystemExit("bench_kernels.py needs a CUDA device")
     from triton.testing import do_bench
 
-    print(f"{torch.cuda.get_device_name()}; B={args.views} N={args.points} "
-          f"G={args.grid} K={args.taps}\n")
+    print(
+        f"{torch.cuda.get_device_name()}; B={args.views} N={args.points} "
+        f"G={args.grid} K={args.taps}\n"
+    )
     print("| op | provider | fwd ms | fwd GB/s | fwd+bwd ms | x ref (fwd+bwd) |")
     print("|---|---|---|---|---|---|")
     for name, fn_t, fn_r, inputs, nbytes in ops(args.views, args.points, args.grid, args.taps):
@@ -69,14 +87,19 @@ def main() -> int:
         res = {}
         for prov, fn in (("triton", fn_t), ("torch", fn_r)):
             with torch.no_grad():
-                fwd = do_bench(lambda: fn(*inputs), quantiles=[0.5, 0.2, 0.8])[0]
-            full = do_bench(lambda: fn(*leaves).backward(cot), quantiles=[0.5, 0.2, 0.8],
-                            grad_to_none=leaves)[0]
+                fwd = do_bench(lambda fn=fn, x=inputs: fn(*x), quantiles=[0.5, 0.2, 0.8])[0]
+            full = do_bench(
+                lambda fn=fn, x=leaves, c=cot: fn(*x).backward(c),
+                quantiles=[0.5, 0.2, 0.8],
+                grad_to_none=leaves,
+            )[0]
             res[prov] = (fwd, full)
         for prov in ("triton", "torch"):
             fwd, full = res[prov]
-            print(f"| {name} | {prov} | {fwd:.3f} | {nbytes / fwd / 1e6:.0f} | {full:.3f} | "
-                  f"{res['torch'][1] / full:.2f} |")
+            print(
+                f"| {name} | {prov} | {fwd:.3f} | {nbytes / fwd / 1e6:.0f} | {full:.3f} | "
+                f"{res['torch'][1] / full:.2f} |"
+            )
     return 0
 
 

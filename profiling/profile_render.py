@@ -120,8 +120,10 @@ class Timer:
             state = setup()
             self.sync()
             if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True)
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
                 start.record()
                 fn(state)
                 end.record()
@@ -147,8 +149,9 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
 
 def build(provider: str, cfg: Config):
     backend = "triton" if provider == "triton" else "reference"
-    r = PointCloudRenderer(RenderSettings(vox_size=cfg.grid, kernel_size=cfg.kernel,
-                                          backend=backend))
+    r = PointCloudRenderer(
+        RenderSettings(vox_size=cfg.grid, kernel_size=cfg.kernel, backend=backend)
+    )
     if provider == "compile":
         return torch.compile(r)
     return r
@@ -205,8 +208,9 @@ def parity(cfg: Config, device: str) -> float:
 
 def env_info(device: str, argv: list[str]) -> dict:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except Exception:
         sha = "unknown"
     triton_version = None
@@ -214,14 +218,16 @@ def env_info(device: str, argv: list[str]) -> dict:
         import triton
 
         triton_version = triton.__version__
+    cpu = platform.processor() or platform.machine()
     return {
-        "device": torch.cuda.get_device_name() if device.startswith("cuda")
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"CPU ({cpu}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "triton": triton_version,
         "triton_interpreter": triton_interpreting(),
         "git": sha,
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M"),
         "command": "python profiling/profile_render.py " + " ".join(argv),
     }
 
@@ -261,11 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (CPU, seconds; for CI)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--providers", default=None,
-                    help="comma list of eager,compile,triton (default: all that can run)")
+    ap.add_argument(
+        "--providers",
+        default=None,
+        help="comma list of eager,compile,triton (default: all that can run)",
+    )
     ap.add_argument("--configs", default=None, help="comma list of config indices")
-    ap.add_argument("--custom", default=None, metavar="B,N,G,K",
-                    help="one custom config instead: views, points, grid, taps")
+    ap.add_argument(
+        "--custom",
+        default=None,
+        metavar="B,N,G,K",
+        help="one custom config instead: views, points, grid, taps",
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "profiling" / "out")
@@ -295,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--providers triton needs CUDA (or TRITON_INTERPRET=1 and triton)")
     else:
         # torch.compile takes ~20 s per config on the CPU: not in the quick CI run.
-        providers = ["eager"] + ([] if args.quick else ["compile"]) + (
-            ["triton"] if triton_ok else [])
+        providers = (
+            ["eager"] + ([] if args.quick else ["compile"]) + (["triton"] if triton_ok else [])
+        )
     if not on_gpu:
         torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -315,26 +329,28 @@ def main(argv: list[str] | None = None) -> int:
                 row["parity_rel_l2"] = err
             by_provider[prov] = row
             rows.append(row)
-            print(f"{cfg.name:<40} {label:<22} fwd {res['forward_ms']:9.2f} ms  "
-                  f"bwd {res['backward_ms']:9.2f} ms  fwd+bwd {res['fwd+bwd_ms']:9.2f} ms  "
-                  f"peak {fmt(res['peak_mb'], '.0f')} MB  ({time.perf_counter() - t0:.1f}s)",
-                  flush=True)
+            print(
+                f"{cfg.name:<40} {label:<22} fwd {res['forward_ms']:9.2f} ms  "
+                f"bwd {res['backward_ms']:9.2f} ms  fwd+bwd {res['fwd+bwd_ms']:9.2f} ms  "
+                f"peak {fmt(res['peak_mb'], '.0f')} MB  ({time.perf_counter() - t0:.1f}s)",
+                flush=True,
+            )
         fb = floor_bytes(cfg)
         for prov, row in by_provider.items():
             row["floor_bytes"] = fb
             for ref in ("eager", "compile"):
                 # Interpreter timings are not comparable to anything: no speedups.
                 if ref in by_provider and ref != prov and not (prov == "triton" and not on_gpu):
-                    row[f"speedup_vs_{ref}"] = (
-                        by_provider[ref]["fwd+bwd_ms"] / row["fwd+bwd_ms"])
+                    row[f"speedup_vs_{ref}"] = by_provider[ref]["fwd+bwd_ms"] / row["fwd+bwd_ms"]
             if bw:
                 row["floor_fraction"] = fb["fwd+bwd"] / bw * 1e3 / row["fwd+bwd_ms"]
 
     args.out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(info, rows, bw)
     (args.out / "results.md").write_text(md)
-    (args.out / "results.json").write_text(json.dumps(
-        {"env": info, "copy_bandwidth_Bps": bw, "rows": rows}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"env": info, "copy_bandwidth_Bps": bw, "rows": rows}, indent=2)
+    )
     print(md)
     print(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
     return 0

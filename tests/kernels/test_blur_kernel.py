@@ -74,8 +74,12 @@ def test_blur_kernel_sums_to_one():
     """A constant volume far from the borders stays constant (normalised taps)."""
     x = torch.ones(1, 1, 9, 9, 9, dtype=torch.float64, device=DEVICE)
     y = blur3d(x, 1.0, 3, backend="triton")
-    torch.testing.assert_close(y[0, 0, 1:-1, 1:-1, 1:-1].cpu(), torch.ones(7, 7, 7,
-                               dtype=torch.float64), rtol=0, atol=1e-14)
+    torch.testing.assert_close(
+        y[0, 0, 1:-1, 1:-1, 1:-1].cpu(),
+        torch.ones(7, 7, 7, dtype=torch.float64),
+        rtol=0,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.slow

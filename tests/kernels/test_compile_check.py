@@ -21,7 +21,11 @@ def test_kernels_compile_for_gpu(tmp_path):
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     r = subprocess.run(
         [sys.executable, str(ROOT / "profiling" / "compile_check.py"), "--arch", "90"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "0 failure(s)" in r.stdout

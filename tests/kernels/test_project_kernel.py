@@ -39,8 +39,13 @@ def test_project_parity(B, C, D, H, W, return_depth, return_probs, dtype, gen):
         colors = torch.rand(B, C, D, H, W, generator=gen, dtype=dtype).to(DEVICE)
         colors.requires_grad_()
         inputs.append(colors)
-    kw = dict(camera_distance=2.0, max_depth=10.0, background=0.75,
-              return_depth=return_depth, return_probs=return_probs)
+    kw = dict(
+        camera_distance=2.0,
+        max_depth=10.0,
+        background=0.75,
+        return_depth=return_depth,
+        return_probs=return_probs,
+    )
     out = ray_project(occ, colors, backend="triton", **kw)
     ref = ray_project_ref(occ, colors, **kw)
     loss = loss_r = 0.0
@@ -77,9 +82,7 @@ def test_project_full_and_empty_rays():
     assert torch.all(out.silhouette == 1.0)
     torch.testing.assert_close(out.depth, torch.full_like(out.depth, 2.0 - 0.5))
     (g,) = torch.autograd.grad(out.depth.sum() + out.silhouette.sum(), ones)
-    (g_r,) = torch.autograd.grad(
-        sum(x.sum() for x in ray_project_ref(ones)[:2]), ones
-    )
+    (g_r,) = torch.autograd.grad(sum(x.sum() for x in ray_project_ref(ones)[:2]), ones)
     assert torch.isfinite(g).all()
     torch.testing.assert_close(g, g_r)
     zeros = torch.zeros(1, 1, 4, 2, 3, dtype=torch.float64, device=DEVICE)

@@ -21,8 +21,16 @@ def _render_both(settings: dict, B: int, N: int, C: int, dtype, gen, **call):
     results = []
     for backend in ("reference", "triton"):
         r = PointCloudRenderer(RenderSettings(backend=backend, **settings))
-        out = r(pts, quat, 1.5, scale=scale, colors=colors, return_depth=True,
-                return_voxels=True, **call)
+        out = r(
+            pts,
+            quat,
+            1.5,
+            scale=scale,
+            colors=colors,
+            return_depth=True,
+            return_voxels=True,
+            **call,
+        )
         results.append(out)
     ref, tri = results
     loss = loss_r = 0.0
@@ -64,8 +72,15 @@ def test_renderer_parity_dropout(gen):
         r = PointCloudRenderer(RenderSettings(backend=backend, **settings))
         pts = torch.rand(2, 300, 3, generator=torch.Generator().manual_seed(seed)) - 0.5
         q = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.3, 0.0]])
-        outs.append(r(pts.to(DEVICE), q.to(DEVICE), 1.0, keep_fraction=0.3,
-                      generator=torch.Generator().manual_seed(seed)).silhouette)
+        outs.append(
+            r(
+                pts.to(DEVICE),
+                q.to(DEVICE),
+                1.0,
+                keep_fraction=0.3,
+                generator=torch.Generator().manual_seed(seed),
+            ).silhouette
+        )
     assert_parity(outs[1], outs[0], REL_L2[torch.float32], MAX_ABS[torch.float32])
 
 

@@ -78,7 +78,8 @@ def test_splat_known_answer():
     size = (5, 6, 7)
     pts = torch.tensor(
         [[[1 / 4 - 0.5, 2 / 5 - 0.5, 3 / 6 - 0.5], [0.5, 0.5, 0.5], [0.0, 0.51, 0.0]]],
-        dtype=torch.float64, device=DEVICE,
+        dtype=torch.float64,
+        device=DEVICE,
     )
     occ, _ = splat_points(pts, size, backend="triton")
     expect = torch.zeros(1, 1, *size, dtype=torch.float64)
@@ -117,7 +118,10 @@ def test_splat_gradcheck(gen):
     pts = ((cell + frac) / S - 0.5).to(DEVICE).requires_grad_()
     feats = torch.rand(B, N, C, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda p, f: SplatPoints.apply(p, f, size), (pts, feats), eps=1e-6, atol=1e-6,
+        lambda p, f: SplatPoints.apply(p, f, size),
+        (pts, feats),
+        eps=1e-6,
+        atol=1e-6,
         fast_mode=True,  # random projections v^T J u: 2 backward calls, not one per output
     )
 
