@@ -189,10 +189,12 @@ def test_ensure_dataset_and_cli(tmp_path, tiny_kwargs):
 
 
 def test_normalize_diagonal_keeps_objects_in_frame(tiny_kwargs):
-    """normalize=diagonal scales each object to bounding-box diagonal 1: GT points span a
-    box of diagonal ~1 and no mask touches the image border; the default (cube) key is
-    unchanged by the option's existence."""
-    assert make_settings(**tiny_kwargs).identity().get("normalize") is None
+    """normalize=diagonal (the default) scales each object to bounding-box diagonal 1: GT
+    points span a box of diagonal ~1 and no mask touches the image border. The key of a
+    cube-normalised dataset stays what it was before the option existed, and differs from
+    the diagonal one, so an old cube build is never reused as a diagonal one."""
+    assert make_settings(**{**tiny_kwargs, "normalize": "cube"}).identity().get("normalize") is None
+    assert make_settings(**tiny_kwargs).identity()["normalize"] == "diagonal"
     out = build_dataset(**{**tiny_kwargs, "normalize": "diagonal", "name": "diag"})
     ds = open_dataset(out)
     pts = ds.gt_points("train", dense=True)
