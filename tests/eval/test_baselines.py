@@ -1,0 +1,41 @@
+"""Baselines: the Chamfer medoid and the mean view have known answers on simple data."""
+
+import numpy as np
+import torch
+
+from dpc.camera import quat_from_axis_angle, random_quat
+from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
+
+
+def _sphere(r: float, n: int = 1500, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, 3))
+    return (r * v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_medoid_of_concentric_spheres_is_the_middle_one():
+    radii = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+    clouds = np.stack([_sphere(r, seed=i) for i, r in enumerate(radii)])
+    idx, cloud = chamfer_medoid(clouds[::-1].copy(), num_points=500)
+    assert idx == 3 and np.allclose(np.linalg.norm(cloud, axis=1), 0.25, atol=1e-5)
+    res = mean_shape_baseline(cloud, clouds)
+    # each sphere against the r = 0.25 one: |r - 0.25| both ways (dense enough), x100
+    expect = 100 * np.mean([abs(r - 0.25) for r in radii])
+    assert abs(res["precision"] - expect) < 0.3 and abs(res["coverage"] - expect) < 0.3
+    assert res["num_objects"] == 7
+
+
+def test_mean_view_baseline():
+    g = torch.Generator().manual_seed(0)
+    q = random_quat(1, g, torch.float64)[0]
+    train = q.expand(10, 4).numpy()
+    res = mean_view_baseline(train, train[:4])
+    assert res["accuracy"] == 1.0 and res["median_deg"] < 1e-3
+    # test views 90 degrees off about one axis
+    off = quat_from_axis_angle(
+        torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), torch.tensor(np.pi / 2)
+    )
+    from dpc.camera import quat_mul
+
+    test = quat_mul(q, off).expand(3, 4).numpy()
+    res = mean_view_baseline(train, test)
+    assert res["accuracy"] == 0.0 and abs(res["median_deg"] - 90.0) < 1e-6
