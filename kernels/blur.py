@@ -137,10 +137,11 @@ def _pass(
     M, N, L = view
     if M * N == 0:
         return
-    # GPU tiles: up to 128 contiguous columns (coalesced 512 B rows) x 16 rows.
-    # Unmeasured choice; see profiling/bench_kernels.py.
+    # GPU tiles: up to 128 contiguous columns (coalesced 512 B rows) x 32 rows, so a
+    # 21-tap pass along rows re-reads (32 + 20) / 32 = 1.6x its tile from L1/L2.
+    # Unmeasured choice (no GPU yet); sweep it with profiling/bench_kernels.py.
     BLOCK_N = launch_block(128, N, interpret_cap=1 << 14)
-    BLOCK_M = launch_block(16, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
+    BLOCK_M = launch_block(32, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
     tiles_n = triton.cdiv(N, BLOCK_N)
     dummy = inp
     _blur_pass_kernel[(triton.cdiv(M, BLOCK_M) * tiles_n,)](

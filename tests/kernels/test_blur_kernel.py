@@ -121,7 +121,7 @@ def test_blur_occupancy_parity_full_size_cuda():
 
 
 def test_blur_occupancy_many_tiles(gpu_blocks, gen):
-    """GPU tile sizes (16 x up-to-128): many programs, partial tiles, rows of one tile
+    """GPU tile sizes (32 x up-to-128): many programs, partial tiles, rows of one tile
     spanning two batch elements in the d(scale) reduction."""
     shape = (3, 1, 7, 9, 150)  # W = 150 > 128: two column tiles with a partial one
     x = _occupancy_input(shape, gen, torch.float64).requires_grad_()
