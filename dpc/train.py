@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from dpc.losses import add_weight_decay_grad, decay_parameters, l2_weight_decay
 from dpc.models import build_model
 from dpc.render import PointCloudRenderer, RenderSettings
 from dpc.training import schedules
@@ -95,8 +96,10 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name != "adam":
         raise ValueError(f"optim.name must be 'adam', got {o.name!r}")
+    # fused Adam: one kernel over all parameters (CPU and CUDA); 12M parameters made the
+    # unfused update ~25% of a car_quick CPU step
     return torch.optim.Adam(model.parameters(), lr=float(o.lr), betas=tuple(o.betas),
-                            eps=float(o.eps))
+                            eps=float(o.eps), fused=bool(o.fused))
 
 
 def _all_finite(loss: torch.Tensor, world: int) -> bool:
@@ -191,6 +194,7 @@ def train(cfg: DictConfig) -> dict:
     M = int(cfg.model.pose_predict_num_candidates) if cfg.model.predict_pose else 1
     summary: dict = {"start_step": start_step}
     consecutive_bad = 0
+    decay_params, wd = decay_parameters(model), float(cfg.optim.weight_decay)
     step = start_step
     t_last, steps_since = time.perf_counter(), 0
     last_terms: dict[str, float] = {}
@@ -213,6 +217,7 @@ def train(cfg: DictConfig) -> dict:
                                rank_slice, amp=bool(tr.amp))
             if _all_finite(out.loss, world):
                 out.loss.backward()
+                add_weight_decay_grad(decay_params, wd)
                 if tr.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
                 optimizer.step()
@@ -233,11 +238,16 @@ def train(cfg: DictConfig) -> dict:
             last = step + 1 == max_steps
             if (step + 1) % int(tr.log_every) == 0 or last or step == start_step:
                 # note: .item() is a host-device sync point; only here.
-                t = torch.stack([v.detach().float() for v in out.terms.values()])
+                logged = dict(out.terms)
+                with torch.no_grad():
+                    logged["weight_decay"] = (l2_weight_decay(model, wd) if wd
+                                              else out.loss.new_zeros(()))
+                logged["loss"] = out.loss.detach() + logged["weight_decay"]  # the full objective
+                t = torch.stack([v.detach().float() for v in logged.values()])
                 if world > 1:
                     dist.all_reduce(t)
                     t = t / world
-                terms = dict(zip(out.terms, t.tolist()))
+                terms = dict(zip(logged, t.tolist()))
                 now = time.perf_counter()
                 rate = steps_since / max(now - t_last, 1e-9)
                 t_last, steps_since = now, 0

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ class RunLogger:
             import wandb
 
             run_id_file = Path(run_dir) / "wandb_run_id.txt"
-            run_id = run_id_file.read_text().strip() if run_id_file.exists() else wandb.util.generate_id()
+            run_id = run_id_file.read_text().strip() if run_id_file.exists() else uuid.uuid4().hex[:8]
             run_id_file.write_text(run_id)
             self.run = wandb.init(
                 project=str(cfg.logger.project), entity=cfg.logger.entity, name=str(cfg.name),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dpc.losses import l2_weight_decay, per_view_l2, student_loss, winner_takes_all
+from dpc.losses import per_view_l2, student_loss, winner_takes_all
 from dpc.render import PointCloudRenderer
 
 
@@ -127,12 +127,10 @@ def compute_step(
         st = student_loss(out.pose_student.float().view(b, K, 4), teacher)
         terms["student_loss"] = st
         loss = loss + lc.pose_student_align_loss * st
-    wd = l2_weight_decay(raw_model, float(cfg.optim.weight_decay))
-    if isinstance(wd, Tensor):
-        terms["weight_decay"] = wd
-        loss = loss + wd
+    # Weight decay is not in this loss: its gradient is added to the weights' gradients
+    # by the loop (dpc.losses.add_weight_decay_grad), its value logged at log steps.
     if cfg.trainer.debug_nan_steps and step in cfg.trainer.debug_nan_steps:
         loss = loss * float("nan")  # test aid: exercises the non-finite guard
-    terms["loss"] = loss
+    terms["data_loss"] = loss
     return StepOutput(loss, terms, winner, sil.detach(), points.detach(),
                       None if colors is None else colors.detach(), scale.detach())
