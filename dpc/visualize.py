@@ -67,7 +67,7 @@ def render_cloud_views(
     az = torch.tensor([math.radians(a) for a, _ in viewpoints])
     el = torch.tensor([math.radians(e) for _, e in viewpoints])
     q = view_quat(az, el)
-    pts = torch.from_numpy(np.asarray(points, np.float32))[None].expand(len(viewpoints), -1, -1)
+    pts = torch.from_numpy(np.array(points, np.float32))[None].expand(len(viewpoints), -1, -1)
     with torch.no_grad():
         # Boost the occupancy so that one isolated point reaches ~0.6 at its centre after
         # the blur (a unit mass spreads to k0^3 at the peak): sparse clouds render solid.
@@ -205,7 +205,7 @@ def visualize(**kwargs) -> list[Path]:
         x = prepare_images(images[i : i + 1, v], int(cfg.data.image_size)).to(device)
         pred = model(x)
         pts = pred.points[:1].float()
-        m_gt = resize_masks(torch.from_numpy(np.asarray(masks[i : i + 1, v])).float() / 255, G)[0]
+        m_gt = resize_masks(torch.from_numpy(np.array(masks[i : i + 1, v])).float() / 255, G)[0]
         row1 = [(np.asarray(images[i, v]), f"input view {v}"), (1 - m_gt.numpy(), "GT mask")]
         if pred.pose_candidates is not None:
             qs = [
@@ -215,7 +215,7 @@ def visualize(**kwargs) -> list[Path]:
             if pred.pose_student is not None:
                 qs.append((pred.pose_student[0], "student"))
         else:
-            qs = [(torch.from_numpy(np.asarray(quats[i, v], np.float32)), "GT pose")]
+            qs = [(torch.from_numpy(np.array(quats[i, v], np.float32)), "GT pose")]
         for q, name in qs:
             sil = renderer(
                 pts, q[None].float().to(device), sigma=sigma, scale=pred.scale[:1]

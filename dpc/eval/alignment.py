@@ -134,8 +134,8 @@ def estimate_global_alignment(
     than ``num_objects`` are used (with a warning) if the split is smaller.
     """
     pred_points = np.asarray(pred_points, dtype=np.float32)
-    q_pred = torch.as_tensor(np.asarray(q_pred), dtype=torch.float64)
-    q_gt = torch.as_tensor(np.asarray(q_gt), dtype=torch.float64)
+    q_pred = torch.as_tensor(np.array(q_pred), dtype=torch.float64)
+    q_gt = torch.as_tensor(np.array(q_gt), dtype=torch.float64)
     n_obj, V = pred_points.shape[:2]
     if q_pred.shape[:2] != (n_obj, V) or q_gt.shape[:2] != (n_obj, V):
         raise ValueError(

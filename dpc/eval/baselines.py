@@ -68,7 +68,7 @@ def mean_shape_baseline(
     valid: np.ndarray | None = None,  # [n_obj] bool: objects to score
 ) -> dict:
     """Precision / coverage x100 of the mean shape against each test object."""
-    m = torch.from_numpy(np.asarray(mean_cloud, np.float32))[None]
+    m = torch.from_numpy(np.array(mean_cloud, np.float32))[None]
     prec, cov = [], []
     for i in range(int(gt_points.shape[0])):
         if valid is not None and not valid[i]:
@@ -87,6 +87,6 @@ def mean_shape_baseline(
 def mean_view_baseline(train_quats, test_quats) -> dict:
     """Pose metrics of always predicting the Markley mean of the training views."""
     q_mean = markley_average(np.asarray(train_quats).reshape(-1, 4))
-    q_gt = torch.as_tensor(np.asarray(test_quats).reshape(-1, 4), dtype=torch.float64)
+    q_gt = torch.as_tensor(np.array(test_quats).reshape(-1, 4), dtype=torch.float64)
     err = pose_errors_deg(torch.from_numpy(q_mean)[None].expand_as(q_gt), q_gt).numpy()
     return {**pose_summary(err), "quat": [float(a) for a in q_mean]}
