@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from dpc.camera import quat_mul, quat_normalize, random_quat
-from dpc.losses import l2_weight_decay, per_view_l2, student_loss, winner_takes_all
+from dpc.losses import (
+    add_weight_decay_grad,
+    decay_parameters,
+    l2_weight_decay,
+    per_view_l2,
+    student_loss,
+    winner_takes_all,
+)
 from dpc.models import DPCModel
 from dpc.training import schedules
 from omegaconf import OmegaConf
@@ -84,7 +91,7 @@ def test_weight_decay_counts_weights_not_biases():
     with torch.no_grad():
         lin.weight.fill_(2.0)
         lin.bias.fill_(100.0)
-    assert float(l2_weight_decay(lin, 1e-3)) == pytest.approx(0.5 * 1e-3 * 6 * 4.0)
+    assert float(l2_weight_decay(lin, 1e-3).detach()) == pytest.approx(0.5 * 1e-3 * 6 * 4.0)
     assert l2_weight_decay(lin, 0.0) == 0.0
 
 
@@ -104,3 +111,17 @@ def test_schedules_linear_and_clamped():
     assert schedules.keep_fraction(60, cfg) == 1.0
     cfg.render.pc_point_dropout_scheduled = False
     assert schedules.keep_fraction(0, cfg) == 1.0
+
+
+def test_weight_decay_gradient_matches_l2_term():
+    torch.manual_seed(0)
+    m = DPCModel(image_size=16, num_points=10, base_channels=2, fc_dim=8, num_candidates=2)
+    x = torch.rand(2, 3, 16, 16)
+    f = lambda o: o.points.sum() + o.scale.sum() + o.pose_candidates.sum() + o.pose_student.sum()
+    f(m(x)).backward()
+    add_weight_decay_grad(decay_parameters(m), 1e-2)
+    g1 = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    (f(m(x)) + l2_weight_decay(m, 1e-2)).backward()
+    for a, p in zip(g1, m.parameters()):
+        torch.testing.assert_close(a, p.grad)
