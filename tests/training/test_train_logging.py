@@ -1,0 +1,46 @@
+"""wandb mode resolution, progress line, preview drawing and the preview CLI."""
+
+import numpy as np
+import pytest
+
+from dpc.training.logging import ProgressLine, format_eta, wandb_mode
+from dpc.training.preview import draw_points, panel, preview_run
+from dpc.train import train
+from train_testutils import TINY, compose_cfg
+
+
+def test_wandb_mode(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert wandb_mode("auto") == "offline"
+    assert wandb_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment wins
+    assert wandb_mode("online") == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    with pytest.raises(ValueError, match="logger.mode"):
+        wandb_mode("sometimes")
+
+
+def test_progress_line_and_eta():
+    assert format_eta(75) == "1m15s" and format_eta(3700) == "1h01m"
+    line = ProgressLine(0, 100).line(9, 1.5)
+    assert line.startswith("step 10/100 | loss 1.5 |") and "it/s" in line and "ETA" in line
+
+
+def test_draw_points_places_points():
+    img = draw_points(np.array([[0.5, 0.5, 0.0], [-0.5, -0.5, 0.0]]), size=9, view="side")
+    assert (img[0, 8] != 255).any() and (img[8, 0] != 255).any()  # top-right, bottom-left
+    assert (img[4, 4] == 255).all()
+    out = panel([[img, img]], cell=16, labels=["a", "b"])
+    assert out.size == (32, 16 + 14)
+
+
+def test_preview_cli_writes_png(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg(["+experiment=car_quick_camera_supervision"] + TINY
+                      + ["trainer.max_steps=1"], run))
+    out = preview_run(run, n=2)
+    assert out.exists() and out.stat().st_size > 1000
