@@ -164,8 +164,13 @@ def train(cfg: DictConfig) -> dict:
 
     fwd_model: torch.nn.Module = model
     if world > 1:
+        # heads whose loss weight is 0 get no gradient; DDP must be told to expect that
+        unused = ((cfg.model.predict_pose and cfg.model.pose_predictor_student
+                   and not cfg.loss.pose_student_align_loss)
+                  or (cfg.model.pc_rgb and not cfg.loss.color_weight))
         fwd_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
+            model, device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=bool(unused))
     if tr.compile:
         fwd_model = torch.compile(fwd_model)
 
