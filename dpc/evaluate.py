@@ -81,7 +81,9 @@ def open_reader(cfg, data_path: str | None, run_dir: Path | None = None):
         if not rel.is_absolute() and run_dir is not None:
             # run_dir = <launch>/<output_root>/<name>/<timestamp>
             depth = len(Path(str(cfg.paths.get("output_root", "outputs"))).parts) + 2
-            cands.append(run_dir.resolve().parents[depth - 1] / rel)
+            parents = run_dir.resolve().parents
+            if depth - 1 < len(parents):  # a run copied elsewhere may sit less deep
+                cands.append(parents[depth - 1] / rel)
         for c in cands:
             if (c / "manifest.json").exists():
                 return dpc_data.open_dataset(c)
