@@ -102,13 +102,16 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
                             eps=float(o.eps), fused=bool(o.fused))
 
 
-def _all_finite(loss: torch.Tensor, world: int) -> bool:
-    """True if the loss is finite on every rank (one host sync per step; on CPU free)."""
-    ok = torch.isfinite(loss.detach()).to(torch.float32)
+def _sync_flags(loss: torch.Tensor, stop_requested: bool, world: int) -> tuple[bool, bool]:
+    """``(loss finite on every rank, a stop signal arrived on any rank)``: one host sync per
+    step (free on CPU) and, under DDP, one tiny all-reduce, so that all ranks skip the same
+    steps and stop after the same step (a rank leaving alone would hang the others)."""
+    flags = torch.stack((~torch.isfinite(loss.detach()),
+                         torch.tensor(stop_requested, device=loss.device))).to(torch.float32)
     if world > 1:
-        ok = ok.clone()
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    bad, stop = flags.tolist()
+    return bad == 0.0, stop > 0.0
 
 
 def train(cfg: DictConfig) -> dict:
@@ -200,7 +203,7 @@ def train(cfg: DictConfig) -> dict:
     summary: dict = {"start_step": start_step}
     consecutive_bad = 0
     decay_params, wd = decay_parameters(model), float(cfg.optim.weight_decay)
-    step = start_step
+    step, stop_now, final = start_step, False, start_step
     t_last, steps_since = time.perf_counter(), 0
     last_terms: dict[str, float] = {}
     val_metrics: dict[str, float] = {}
@@ -220,7 +223,8 @@ def train(cfg: DictConfig) -> dict:
             keep = schedules.keep_fraction(step, cfg)
             out = compute_step(fwd_model, model, renderer, batch, cfg, step, sigma, keep,
                                rank_slice, amp=bool(tr.amp))
-            if _all_finite(out.loss, world):
+            finite, stop_now = _sync_flags(out.loss, stop["signal"] is not None, world)
+            if finite:
                 out.loss.backward()
                 add_weight_decay_grad(decay_params, wd)
                 if tr.grad_clip:
@@ -239,6 +243,7 @@ def train(cfg: DictConfig) -> dict:
                         f"the cause, e.g. a lower optim.lr)")
             optimizer.zero_grad(set_to_none=True)
             steps_since += 1
+            final = step + 1  # the next step to run
 
             last = step + 1 == max_steps
             if (step + 1) % int(tr.log_every) == 0 or last or step == start_step:
@@ -284,14 +289,13 @@ def train(cfg: DictConfig) -> dict:
                 save(step + 1)
             if tr.debug_step_sleep:
                 time.sleep(float(tr.debug_step_sleep))  # test aid (SIGKILL test)
-            if stop["signal"] is not None:
+            if stop_now:
                 break
-        final = step + 1
-        if stop["signal"] is not None:
-            logger.event(step, f"interrupted by signal {stop['signal']}: saved step {final}, exiting")
+        if stop_now:
+            logger.event(step, f"interrupted by signal {stop['signal'] or '(on another rank)'}: "
+                         f"saved step {final}, exiting")
         save(final)
-        summary.update(step=final, losses=last_terms, val=val_metrics,
-                       interrupted=stop["signal"] is not None)
+        summary.update(step=final, losses=last_terms, val=val_metrics, interrupted=stop_now)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
