@@ -143,6 +143,7 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.filterwarnings("ignore:global alignment. only")
 def test_evaluate_cli_end_to_end(tiny_run, capsys):
     from dpc.evaluate import main
 
