@@ -1,0 +1,89 @@
+"""What Chamfer can a silhouette-only point cloud reach? Score ideal clouds.
+
+Silhouettes constrain the object's visual hull, not where inside it the points sit: a
+cloud that fills the object's volume renders the same silhouettes as one on its surface.
+The ground truth (SPEC section 6) is a surface sample, so volume points cost precision.
+This scores, against the dataset's own ground truth, two ideal predictions made from the
+true mesh of each object (procedural categories, whose meshes can be regenerated):
+
+* ``volume``: points uniform inside the mesh (what silhouettes alone cannot tell apart
+  from a surface cloud),
+* ``surface``: points uniform on the mesh surface (all of it, hidden parts too),
+
+next to nothing else: no network is involved.
+
+    python -m dpc.eval.hull_bound data/car --split test --points 2000 [--max-objects 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+
+def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """(precision, coverage) x100 of one predicted cloud ``[N, 3]`` against ``[M, 3]``."""
+    return (100 * float(cKDTree(gt).query(pred)[0].mean()),
+            100 * float(cKDTree(pred).query(gt)[0].mean()))
+
+
+def ideal_cloud_scores(dataset: str | Path, split: str = "test", points: int = 2000,
+                       max_objects: int | None = None, seed: int = 0) -> dict:
+    """Mean precision / coverage / Chamfer (x100) of ideal volume and surface clouds."""
+    import trimesh
+
+    from dpc.data import open_dataset
+    from dpc.data.build import make_source
+    from dpc.data.config import BuildSettings
+
+    ds = open_dataset(dataset)
+    st = ds.manifest["settings"]
+    if st.get("category") not in ("car", "chair"):
+        raise ValueError(f"dataset {dataset}: hull_bound needs a procedural category (car, chair), "
+                         f"got {st.get('category')!r}")
+    s = BuildSettings(**{k: v for k, v in st.items() if k in BuildSettings.__dataclass_fields__})
+    src = make_source(s)
+    ids = list(ds.splits[split])[:max_objects]
+    gt = ds.gt_points(split)
+    out: dict[str, list] = {"volume": [], "surface": []}
+    for i, oid in enumerate(tqdm(ids, desc=f"ideal clouds {split}")):
+        m = src.load(oid)
+        if s.normalize == "diagonal":  # same normalisation as dpc.data.build.render_object
+            m.apply_scale(1.0 / float(np.linalg.norm(m.bounds[1] - m.bounds[0])))
+        np.random.seed(seed + i)  # trimesh samples with numpy's global generator
+        vol = trimesh.sample.volume_mesh(m, 20 * points)
+        if len(vol) < points:
+            raise RuntimeError(f"object {oid}: only {len(vol)} volume samples (mesh not watertight?)")
+        out["volume"].append(score(vol[:points], gt[i]))
+        out["surface"].append(score(np.asarray(m.sample(points)), gt[i]))
+    res = {"dataset": str(dataset), "split": split, "points": points, "num_objects": len(ids)}
+    for k, v in out.items():
+        a = np.asarray(v)
+        res[k] = {"precision": a[:, 0].mean(), "coverage": a[:, 1].mean(),
+                  "chamfer": a.sum(1).mean()}
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("dataset")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--points", type=int, default=2000)
+    ap.add_argument("--max-objects", type=int, default=None)
+    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    a = ap.parse_args(argv)
+    res = ideal_cloud_scores(a.dataset, a.split, a.points, a.max_objects)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
