@@ -80,11 +80,15 @@ def resolve_run_dir(cfg) -> tuple[Path, Path | None]:
         return Path(str(cfg.paths.run_dir)), None
     if resume in (True, "true", "True"):
         base = Path(str(cfg.paths.output_root)) / str(cfg.name)
-        cands = sorted((p.parent.parent for p in base.glob("*/checkpoints/last.pt")),
-                       key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+        cands = sorted(
+            (p.parent.parent for p in base.glob("*/checkpoints/last.pt")),
+            key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime,
+        )
         if not cands:
-            print(f"[dpc.train] resume=true: no checkpoint under {base}; starting fresh",
-                  file=sys.stderr)
+            print(
+                f"[dpc.train] resume=true: no checkpoint under {base}; starting fresh",
+                file=sys.stderr,
+            )
             return Path(str(cfg.paths.run_dir)), None
         return cands[-1], cands[-1] / "checkpoints" / "last.pt"
     run_dir = Path(str(resume))
@@ -98,16 +102,22 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         raise ValueError(f"optim.name must be 'adam', got {o.name!r}")
     # fused Adam: one kernel over all parameters (CPU and CUDA); 12M parameters made the
     # unfused update ~25% of a car_quick CPU step
-    return torch.optim.Adam(model.parameters(), lr=float(o.lr), betas=tuple(o.betas),
-                            eps=float(o.eps), fused=bool(o.fused))
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=float(o.lr),
+        betas=tuple(o.betas),
+        eps=float(o.eps),
+        fused=bool(o.fused),
+    )
 
 
 def _sync_flags(loss: torch.Tensor, stop_requested: bool, world: int) -> tuple[bool, bool]:
     """``(loss finite on every rank, a stop signal arrived on any rank)``: one host sync per
     step (free on CPU) and, under DDP, one tiny all-reduce, so that all ranks skip the same
     steps and stop after the same step (a rank leaving alone would hang the others)."""
-    flags = torch.stack((~torch.isfinite(loss.detach()),
-                         torch.tensor(stop_requested, device=loss.device))).to(torch.float32)
+    flags = torch.stack(
+        (~torch.isfinite(loss.detach()), torch.tensor(stop_requested, device=loss.device))
+    ).to(torch.float32)
     if world > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     bad, stop = flags.tolist()
@@ -141,8 +151,15 @@ def train(cfg: DictConfig) -> dict:
     if not is_main:
         reader = open_training_data(cfg)
     sampler = BatchSampler(
-        reader, str(cfg.data.split), int(tr.batch_size), int(cfg.data.views_per_item),
-        int(cfg.data.image_size), int(cfg.render.vox_size), int(cfg.seed), rank, world,
+        reader,
+        str(cfg.data.split),
+        int(tr.batch_size),
+        int(cfg.data.views_per_item),
+        int(cfg.data.image_size),
+        int(cfg.render.vox_size),
+        int(cfg.seed),
+        rank,
+        world,
         with_depth=float(cfg.loss.depth_weight) > 0,
     )
     b = int(tr.batch_size) // world
@@ -151,9 +168,14 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(int(cfg.seed))  # the same initial weights on every rank
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
-    renderer = PointCloudRenderer(RenderSettings(
-        vox_size=int(cfg.render.vox_size), kernel_size=int(cfg.render.pc_gauss_kernel_size),
-        projection=str(cfg.render.projection), backend=str(cfg.render.backend)))
+    renderer = PointCloudRenderer(
+        RenderSettings(
+            vox_size=int(cfg.render.vox_size),
+            kernel_size=int(cfg.render.pc_gauss_kernel_size),
+            projection=str(cfg.render.projection),
+            backend=str(cfg.render.backend),
+        )
+    )
 
     start_step = 0
     if resume_ckpt is not None:
@@ -168,12 +190,16 @@ def train(cfg: DictConfig) -> dict:
     fwd_model: torch.nn.Module = model
     if world > 1:
         # heads whose loss weight is 0 get no gradient; DDP must be told to expect that
-        unused = ((cfg.model.predict_pose and cfg.model.pose_predictor_student
-                   and not cfg.loss.pose_student_align_loss)
-                  or (cfg.model.pc_rgb and not cfg.loss.color_weight))
+        unused = (
+            cfg.model.predict_pose
+            and cfg.model.pose_predictor_student
+            and not cfg.loss.pose_student_align_loss
+        ) or (cfg.model.pc_rgb and not cfg.loss.color_weight)
         fwd_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=bool(unused))
+            model,
+            device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=bool(unused),
+        )
     if tr.compile:
         fwd_model = torch.compile(fwd_model)
 
@@ -211,18 +237,34 @@ def train(cfg: DictConfig) -> dict:
     try:
         if is_main and cfg.val.every and cfg.val.at_start and start_step == 0:
             # the untrained network's numbers, for before/after comparisons
-            val0 = {k: x for k, x in _validate(model, reader, cfg, device).items()
-                    if not k.startswith("_")}
+            val0 = {
+                k: x
+                for k, x in _validate(model, reader, cfg, device).items()
+                if not k.startswith("_")
+            }
             logger.metrics(0, val0, prefix="val_init")
             summary["val_init"] = val0
-            print("[dpc.train] val (untrained): "
-                  + ", ".join(f"{k} {v:.4g}" for k, v in val0.items()), flush=True)
+            print(
+                "[dpc.train] val (untrained): "
+                + ", ".join(f"{k} {v:.4g}" for k, v in val0.items()),
+                flush=True,
+            )
         for step in range(start_step, max_steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             sigma = schedules.blur_sigma(step, cfg)
             keep = schedules.keep_fraction(step, cfg)
-            out = compute_step(fwd_model, model, renderer, batch, cfg, step, sigma, keep,
-                               rank_slice, amp=bool(tr.amp))
+            out = compute_step(
+                fwd_model,
+                model,
+                renderer,
+                batch,
+                cfg,
+                step,
+                sigma,
+                keep,
+                rank_slice,
+                amp=bool(tr.amp),
+            )
             finite, stop_now = _sync_flags(out.loss, stop["signal"] is not None, world)
             if finite:
                 out.loss.backward()
@@ -240,7 +282,8 @@ def train(cfg: DictConfig) -> dict:
                     raise NonFiniteLossError(
                         f"{consecutive_bad} consecutive non-finite losses at step {step}; stopped. "
                         f"The last good state is in {ckpt_path} (resume=<run dir> after fixing "
-                        f"the cause, e.g. a lower optim.lr)")
+                        f"the cause, e.g. a lower optim.lr)"
+                    )
             optimizer.zero_grad(set_to_none=True)
             steps_since += 1
             final = step + 1  # the next step to run
@@ -250,8 +293,9 @@ def train(cfg: DictConfig) -> dict:
                 # note: .item() is a host-device sync point; only here.
                 logged = dict(out.terms)
                 with torch.no_grad():
-                    logged["weight_decay"] = (l2_weight_decay(model, wd) if wd
-                                              else out.loss.new_zeros(()))
+                    logged["weight_decay"] = (
+                        l2_weight_decay(model, wd) if wd else out.loss.new_zeros(())
+                    )
                 logged["loss"] = out.loss.detach() + logged["weight_decay"]  # the full objective
                 t = torch.stack([v.detach().float() for v in logged.values()])
                 if world > 1:
@@ -261,15 +305,23 @@ def train(cfg: DictConfig) -> dict:
                 now = time.perf_counter()
                 rate = steps_since / max(now - t_last, 1e-9)
                 t_last, steps_since = now, 0
-                values = {**terms, "lr": optimizer.param_groups[0]["lr"], "sigma": sigma,
-                          "keep_fraction": keep, "scale": float(out.scale.mean()),
-                          "step_time": 1.0 / rate, "steps_per_s": rate}
+                values = {
+                    **terms,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "sigma": sigma,
+                    "keep_fraction": keep,
+                    "scale": float(out.scale.mean()),
+                    "step_time": 1.0 / rate,
+                    "steps_per_s": rate,
+                }
                 winners = out.winner.cpu().numpy() if out.winner is not None else None
                 logger.scalars(step, values, winners, M)
                 last_terms = terms
                 if is_main and ((step + 1) % int(tr.print_every) == 0 or last):
-                    print(progress.line(step, terms["loss"], f"sigma {sigma:.2f} keep {keep:.2f}"),
-                          flush=True)
+                    print(
+                        progress.line(step, terms["loss"], f"sigma {sigma:.2f} keep {keep:.2f}"),
+                        flush=True,
+                    )
             if is_main and tr.image_every and ((step + 1) % int(tr.image_every) == 0 or last):
                 _log_media(logger, step, batch, out, M)
             if cfg.val.every and ((step + 1) % int(cfg.val.every) == 0 or last):
@@ -283,8 +335,11 @@ def train(cfg: DictConfig) -> dict:
                         media = wandb_media(val_res)
                         if media:
                             logger.run.log(media, step=step)
-                    print(f"[dpc.train] val @ {step + 1}: "
-                          + ", ".join(f"{k} {v:.4g}" for k, v in val_metrics.items()), flush=True)
+                    print(
+                        f"[dpc.train] val @ {step + 1}: "
+                        + ", ".join(f"{k} {v:.4g}" for k, v in val_metrics.items()),
+                        flush=True,
+                    )
             if tr.checkpoint_every and (step + 1) % int(tr.checkpoint_every) == 0 and not last:
                 save(step + 1)
             if tr.debug_step_sleep:
@@ -292,8 +347,11 @@ def train(cfg: DictConfig) -> dict:
             if stop_now:
                 break
         if stop_now:
-            logger.event(step, f"interrupted by signal {stop['signal'] or '(on another rank)'}: "
-                         f"saved step {final}, exiting")
+            logger.event(
+                step,
+                f"interrupted by signal {stop['signal'] or '(on another rank)'}: "
+                f"saved step {final}, exiting",
+            )
         save(final)
         summary.update(step=final, losses=last_terms, val=val_metrics, interrupted=stop_now)
     finally:
@@ -322,9 +380,11 @@ def _log_media(logger: RunLogger, step: int, batch, out, M: int) -> None:
 
     rows = []
     for i in range(min(4, batch["image"].shape[0])):
-        rows.append([to_uint8(batch["image"][i, 0]), to_uint8(batch["mask"][i, 0])]
-                    + [to_uint8(out.silhouette[i, 0, m]) for m in range(M)]
-                    + [draw_points(out.points[i].cpu().numpy(), 128, "side")])
+        rows.append(
+            [to_uint8(batch["image"][i, 0]), to_uint8(batch["mask"][i, 0])]
+            + [to_uint8(out.silhouette[i, 0, m]) for m in range(M)]
+            + [draw_points(out.points[i].cpu().numpy(), 128, "side")]
+        )
     img = np.asarray(panel(rows, 96))
     cols = out.colors[0].cpu().numpy() if out.colors is not None else None
     logger.media(step, img, out.points[0].cpu().numpy(), cols)

@@ -5,5 +5,12 @@ from dpc.models.encoder import ImageEncoder
 from dpc.models.model import DPCModel, ModelOutput, build_model
 from dpc.models.pose import PoseHeads
 
-__all__ = ["DPCModel", "ImageEncoder", "ModelOutput", "PointDecoder", "PoseHeads", "ScaleHead",
-           "build_model"]
+__all__ = [
+    "DPCModel",
+    "ImageEncoder",
+    "ModelOutput",
+    "PointDecoder",
+    "PoseHeads",
+    "ScaleHead",
+    "build_model",
+]

@@ -38,8 +38,10 @@ class ImageEncoder(nn.Module):
         c = base_channels
         for _ in range(int(math.log2(image_size // 4)) - 1):
             layers += [
-                nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), act(),
-                nn.Conv2d(2 * c, 2 * c, 3, stride=1, padding=1), act(),
+                nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+                act(),
+                nn.Conv2d(2 * c, 2 * c, 3, stride=1, padding=1),
+                act(),
             ]
             c *= 2
         self.convs = nn.Sequential(*layers)

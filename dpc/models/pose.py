@@ -25,8 +25,13 @@ class PoseHeads(nn.Module):
     FC 32 -> FC 4 (original ``pose_candidates_num`` heads and ``pose_predictor_student``).
     """
 
-    def __init__(self, in_dim: int, num_candidates: int = 4, student: bool = True,
-                 hidden: tuple[int, ...] = (32, 32)):
+    def __init__(
+        self,
+        in_dim: int,
+        num_candidates: int = 4,
+        student: bool = True,
+        hidden: tuple[int, ...] = (32, 32),
+    ):
         super().__init__()
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")

@@ -25,19 +25,38 @@ from dpc.training.step import compute_step
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
 
-def time_variant(cfg, reader, amp: bool, compile_: bool, workers: int, steps: int, warmup: int,
-                 device, fused: bool = True) -> tuple[float, float]:
+def time_variant(
+    cfg,
+    reader,
+    amp: bool,
+    compile_: bool,
+    workers: int,
+    steps: int,
+    warmup: int,
+    device,
+    fused: bool = True,
+) -> tuple[float, float]:
     """Median step time (ms) and median time waiting for the batch (ms)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
     dps = decay_parameters(model)
     fwd = torch.compile(model) if compile_ else model
-    r = PointCloudRenderer(RenderSettings(vox_size=int(cfg.render.vox_size),
-                                          kernel_size=int(cfg.render.pc_gauss_kernel_size)))
+    r = PointCloudRenderer(
+        RenderSettings(
+            vox_size=int(cfg.render.vox_size), kernel_size=int(cfg.render.pc_gauss_kernel_size)
+        )
+    )
     B = int(cfg.trainer.batch_size)
-    s = BatchSampler(reader, "train", B, int(cfg.data.views_per_item), int(cfg.data.image_size),
-                     int(cfg.render.vox_size), 0)
+    s = BatchSampler(
+        reader,
+        "train",
+        B,
+        int(cfg.data.views_per_item),
+        int(cfg.data.image_size),
+        int(cfg.render.vox_size),
+        0,
+    )
     it = batch_iterator(s, 0, steps + warmup, workers)
     times, waits = [], []
     for step in range(steps + warmup):
@@ -72,16 +91,24 @@ def main(argv=None) -> None:
         cfg.paths.run_dir = "/tmp/unused"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reader = open_training_data(cfg)
-    opts = {"base": (False, False, 0, True), "amp": (True, False, 0, True),
-            "compile": (False, True, 0, True), "workers2": (False, False, 2, True),
-            "unfused_adam": (False, False, 0, False)}
-    print(f"device {device}, threads {a.threads}, {cfg.name}: G {cfg.render.vox_size}, "
-          f"N {cfg.model.pc_num_points}, B {cfg.trainer.batch_size}")
+    opts = {
+        "base": (False, False, 0, True),
+        "amp": (True, False, 0, True),
+        "compile": (False, True, 0, True),
+        "workers2": (False, False, 2, True),
+        "unfused_adam": (False, False, 0, False),
+    }
+    print(
+        f"device {device}, threads {a.threads}, {cfg.name}: G {cfg.render.vox_size}, "
+        f"N {cfg.model.pc_num_points}, B {cfg.trainer.batch_size}"
+    )
     for v in a.variants.split(","):
         amp, comp, w, fused = opts[v]
         ms, wait = time_variant(cfg, reader, amp, comp, w, a.steps, a.warmup, device, fused)
-        print(f"{v:12s} step {ms:8.1f} ms  ({1000 / ms:5.2f} steps/s)  batch wait {wait:6.1f} ms",
-              flush=True)
+        print(
+            f"{v:12s} step {ms:8.1f} ms  ({1000 / ms:5.2f} steps/s)  batch wait {wait:6.1f} ms",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 def rng_state() -> dict:
     """The global RNG states (torch CPU, CUDA if present, numpy, python)."""
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-          "python": random.getstate()}
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st

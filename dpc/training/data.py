@@ -34,7 +34,9 @@ class ArrayDataset:
         first = next(iter(splits.values()))
         self.num_views = int(first["masks"].shape[1])
         self.image_size = int(first["masks"].shape[2])
-        self.splits = {s: [f"obj{i:04d}" for i in range(len(a["masks"]))] for s, a in splits.items()}
+        self.splits = {
+            s: [f"obj{i:04d}" for i in range(len(a["masks"]))] for s, a in splits.items()
+        }
 
     def _get(self, split: str, key: str):
         if split not in self._arrays:
@@ -86,8 +88,9 @@ def synthetic_dataset(
     num_objects = num_objects or {"train": 16, "val": 4, "test": 4}
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    renderer = PointCloudRenderer(RenderSettings(vox_size=image_size, kernel_size=5,
-                                                 backend="reference"))
+    renderer = PointCloudRenderer(
+        RenderSettings(vox_size=image_size, kernel_size=5, backend="reference")
+    )
     splits = {}
     for split, n in num_objects.items():
         pts, masks, quats, images = [], [], [], []
@@ -99,8 +102,12 @@ def synthetic_dataset(
             cab_lo = np.array([-cl / 2 + rng.uniform(-0.1, 0.1), body_hi[1], -W / 2 * 0.85])
             cab_hi = np.array([cab_lo[0] + cl, body_hi[1] + rng.uniform(0.12, 0.2), W / 2 * 0.85])
             n_body = int(num_points * 0.65)
-            p = np.concatenate([_box_surface(rng, n_body, body_lo, body_hi),
-                                _box_surface(rng, num_points - n_body, cab_lo, cab_hi)])
+            p = np.concatenate(
+                [
+                    _box_surface(rng, n_body, body_lo, body_hi),
+                    _box_surface(rng, num_points - n_body, cab_lo, cab_hi),
+                ]
+            )
             p = p.astype(np.float32)
             # random views around the object: azimuth anywhere, elevation 0..40 degrees
             az = torch.rand(num_views, generator=gen) * 2 * math.pi
@@ -117,8 +124,11 @@ def synthetic_dataset(
             quats.append(q.numpy().astype(np.float32))
             images.append(img)
         splits[split] = {
-            "images": np.stack(images), "masks": np.stack(masks), "quats": np.stack(quats),
-            "points": np.stack(pts), "depths": None,
+            "images": np.stack(images),
+            "masks": np.stack(masks),
+            "quats": np.stack(quats),
+            "points": np.stack(pts),
+            "depths": None,
         }
     return ArrayDataset(splits)
 
@@ -130,9 +140,13 @@ def open_training_data(cfg):
     d = cfg.data
     if d.source == "synthetic":
         return synthetic_dataset(
-            {"train": int(d.synthetic.num_train), "val": int(d.synthetic.num_val),
-             "test": int(d.synthetic.num_val)},
-            num_views=int(d.synthetic.num_views), image_size=int(d.synthetic.image_size),
+            {
+                "train": int(d.synthetic.num_train),
+                "val": int(d.synthetic.num_val),
+                "test": int(d.synthetic.num_val),
+            },
+            num_views=int(d.synthetic.num_views),
+            image_size=int(d.synthetic.image_size),
             seed=int(d.synthetic.seed),
         )
     if d.source != "dataset":
@@ -167,9 +181,19 @@ class BatchSampler:
         rank, world_size: this process takes objects ``[rank*B/W, (rank+1)*B/W)``.
     """
 
-    def __init__(self, reader, split: str, batch_size: int, views_per_item: int, image_size: int,
-                 mask_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 with_depth: bool = False):
+    def __init__(
+        self,
+        reader,
+        split: str,
+        batch_size: int,
+        views_per_item: int,
+        image_size: int,
+        mask_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        with_depth: bool = False,
+    ):
         self.images = reader.images(split)
         self.masks = reader.masks(split)
         self.quats = reader.quats(split)
@@ -181,7 +205,9 @@ class BatchSampler:
         if views_per_item > self.V:
             raise ValueError(f"views_per_item={views_per_item} > views in the dataset ({self.V})")
         if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} must be divisible by world size {world_size}")
+            raise ValueError(
+                f"batch_size={batch_size} must be divisible by world size {world_size}"
+            )
         self.B, self.K = batch_size, views_per_item
         self.image_size, self.mask_size, self.seed = image_size, mask_size, seed
         self.rank, self.world = rank, world_size
@@ -196,7 +222,9 @@ class BatchSampler:
             if e not in self._perm_cache:
                 if len(self._perm_cache) > 4:
                     self._perm_cache.clear()
-                self._perm_cache[e] = np.random.default_rng([self.seed, 1, int(e)]).permutation(self.n)
+                self._perm_cache[e] = np.random.default_rng([self.seed, 1, int(e)]).permutation(
+                    self.n
+                )
             sel = epochs == e
             objs[sel] = self._perm_cache[e][within[sel]]
         rng = np.random.default_rng([self.seed, 2, step])
@@ -209,20 +237,32 @@ class BatchSampler:
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
-        objs, views = objs[self.rank * b:(self.rank + 1) * b], views[self.rank * b:(self.rank + 1) * b]
+        objs, views = (
+            objs[self.rank * b : (self.rank + 1) * b],
+            views[self.rank * b : (self.rank + 1) * b],
+        )
         o = objs[:, None]
         img = torch.from_numpy(np.ascontiguousarray(self.images[o, views]))  # [b, K, S, S, 3]
         img = img.permute(0, 1, 4, 2, 3).float().div_(255.0)
         S = img.shape[-1]
         if S != self.image_size:
-            img = F.interpolate(img.flatten(0, 1), size=(self.image_size,) * 2, mode="bilinear",
-                                align_corners=False, antialias=True).view(b, self.K, 3, self.image_size, self.image_size)
+            img = F.interpolate(
+                img.flatten(0, 1),
+                size=(self.image_size,) * 2,
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            ).view(b, self.K, 3, self.image_size, self.image_size)
         mask = torch.from_numpy(np.ascontiguousarray(self.masks[o, views])).float().div_(255.0)
-        mask = resize_masks(mask.flatten(0, 1), self.mask_size).view(b, self.K, self.mask_size, self.mask_size)
+        mask = resize_masks(mask.flatten(0, 1), self.mask_size).view(
+            b, self.K, self.mask_size, self.mask_size
+        )
         out = {
-            "image": img.contiguous(), "mask": mask.contiguous(),
+            "image": img.contiguous(),
+            "mask": mask.contiguous(),
             "quat": torch.from_numpy(np.ascontiguousarray(self.quats[o, views])).float(),
-            "object_index": torch.from_numpy(objs), "view_index": torch.from_numpy(views),
+            "object_index": torch.from_numpy(objs),
+            "view_index": torch.from_numpy(views),
         }
         if self.depths is not None:
             dep = torch.from_numpy(np.ascontiguousarray(self.depths[o, views])).float()
@@ -250,8 +290,12 @@ def batch_iterator(sampler: BatchSampler, start: int, stop: int, num_workers: in
     if num_workers <= 0:
         return (sampler(s) for s in range(start, stop))
     dl = torch.utils.data.DataLoader(
-        StepBatches(sampler, start, stop), batch_size=None, shuffle=False,
-        num_workers=num_workers, persistent_workers=False, prefetch_factor=4,
+        StepBatches(sampler, start, stop),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4,
         pin_memory=torch.cuda.is_available(),
     )
     return iter(dl)

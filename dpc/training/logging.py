@@ -85,23 +85,38 @@ class RunLogger:
             import wandb
 
             run_id_file = Path(run_dir) / "wandb_run_id.txt"
-            run_id = run_id_file.read_text().strip() if run_id_file.exists() else uuid.uuid4().hex[:8]
+            run_id = (
+                run_id_file.read_text().strip() if run_id_file.exists() else uuid.uuid4().hex[:8]
+            )
             run_id_file.write_text(run_id)
             self.run = wandb.init(
-                project=str(cfg.logger.project), entity=cfg.logger.entity, name=str(cfg.name),
-                group=cfg.logger.group, tags=list(cfg.logger.tags or []), dir=str(run_dir),
-                id=run_id, resume="allow", mode=self.mode,
+                project=str(cfg.logger.project),
+                entity=cfg.logger.entity,
+                name=str(cfg.name),
+                group=cfg.logger.group,
+                tags=list(cfg.logger.tags or []),
+                dir=str(run_dir),
+                id=run_id,
+                resume="allow",
+                mode=self.mode,
                 config=OmegaConf.to_container(cfg, resolve=True),
                 settings=wandb.Settings(init_timeout=float(cfg.logger.init_timeout)),
             )
             self.wandb = wandb
         except Exception as e:  # never let logging kill or hang a run
-            print(f"[dpc.train] wandb disabled: could not start ({type(e).__name__}: {e})",
-                  file=sys.stderr)
+            print(
+                f"[dpc.train] wandb disabled: could not start ({type(e).__name__}: {e})",
+                file=sys.stderr,
+            )
             self.run = None
 
-    def scalars(self, step: int, values: dict[str, float], winners: np.ndarray | None = None,
-                num_candidates: int = 1) -> None:
+    def scalars(
+        self,
+        step: int,
+        values: dict[str, float],
+        winners: np.ndarray | None = None,
+        num_candidates: int = 1,
+    ) -> None:
         """Log scalar values (and the winning-candidate histogram) at ``step``."""
         if not self.active:
             return
@@ -112,29 +127,37 @@ class RunLogger:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.run is not None:
-            d = {f"train/{k}" if k not in ("lr", "sigma", "keep_fraction") else k: v
-                 for k, v in values.items()}
+            d = {
+                f"train/{k}" if k not in ("lr", "sigma", "keep_fraction") else k: v
+                for k, v in values.items()
+            }
             if winners is not None:
                 d["train/winning_candidate"] = self.wandb.Histogram(
-                    np_histogram=(counts, np.arange(num_candidates + 1)))
+                    np_histogram=(counts, np.arange(num_candidates + 1))
+                )
             self.run.log(d, step=step)
 
     def metrics(self, step: int, values: dict[str, float], prefix: str = "val") -> None:
         if not self.active:
             return
         with open(self.jsonl, "a") as f:
-            f.write(json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n")
+            f.write(
+                json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n"
+            )
         if self.run is not None:
             self.run.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
 
-    def media(self, step: int, image: np.ndarray, points: np.ndarray,
-              colors: np.ndarray | None = None) -> None:
+    def media(
+        self, step: int, image: np.ndarray, points: np.ndarray, colors: np.ndarray | None = None
+    ) -> None:
         """Log a preview image (uint8 [H, W, 3]) and a point cloud ``[N, 3]`` as Object3D."""
         if not self.active or self.run is None:
             return
         pc = points if colors is None else np.concatenate([points, colors * 255], 1)
-        self.run.log({"train/preview": self.wandb.Image(image),
-                      "train/points": self.wandb.Object3D(pc)}, step=step)
+        self.run.log(
+            {"train/preview": self.wandb.Image(image), "train/points": self.wandb.Object3D(pc)},
+            step=step,
+        )
 
     def event(self, step: int, message: str) -> None:
         """Record a notable event (non-finite loss, interruption) in the log and console."""
@@ -167,5 +190,7 @@ class ProgressLine:
         done = step + 1 - self.start
         rate = done / dt if dt > 0 else float("nan")
         eta = (self.total - step - 1) / rate if rate > 0 else float("inf")
-        return (f"step {step + 1}/{self.total} | loss {loss:.4g} | {rate:.2f} it/s | "
-                f"ETA {format_eta(eta)}" + (f" | {extra}" if extra else ""))
+        return (
+            f"step {step + 1}/{self.total} | loss {loss:.4g} | {rate:.2f} it/s | "
+            f"ETA {format_eta(eta)}" + (f" | {extra}" if extra else "")
+        )

@@ -26,8 +26,9 @@ def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
-def draw_points(points: np.ndarray, size: int = 128, view: str = "side",
-                colors: np.ndarray | None = None) -> np.ndarray:
+def draw_points(
+    points: np.ndarray, size: int = 128, view: str = "side", colors: np.ndarray | None = None
+) -> np.ndarray:
     """Orthographic drawing of ``points`` ``[N, 3]`` (object frame, y up) as uint8
     ``[size, size, 3]``; ``view`` in side (looking along -z), front (along x), top (along
     -y). Points are shaded by depth (near = dark) unless ``colors`` ``[N, 3]`` are given."""
@@ -48,14 +49,18 @@ def draw_points(points: np.ndarray, size: int = 128, view: str = "side",
     return img
 
 
-def panel(rows: list[list[np.ndarray]], cell: int = 128, labels: list[str] | None = None) -> Image.Image:
+def panel(
+    rows: list[list[np.ndarray]], cell: int = 128, labels: list[str] | None = None
+) -> Image.Image:
     """Grid of uint8 images (each resized to ``cell``), optional column labels on top."""
     top = 14 if labels else 0
     H, W = len(rows), max(len(r) for r in rows)
     out = Image.new("RGB", (W * cell, H * cell + top), "white")
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
-            out.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (j * cell, i * cell + top))
+            out.paste(
+                Image.fromarray(im).resize((cell, cell), Image.NEAREST), (j * cell, i * cell + top)
+            )
     if labels:
         d = ImageDraw.Draw(out)
         for j, t in enumerate(labels):
@@ -64,8 +69,13 @@ def panel(rows: list[list[np.ndarray]], cell: int = 128, labels: list[str] | Non
 
 
 @torch.no_grad()
-def preview_run(run_dir: str | Path, out: str | Path | None = None, n: int = 6,
-                split: str = "val", device: str = "cpu") -> Path:
+def preview_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    n: int = 6,
+    split: str = "val",
+    device: str = "cpu",
+) -> Path:
     """Write the preview PNG of a run (default ``<run_dir>/preview.png``); returns its path."""
     from dpc.render import PointCloudRenderer, RenderSettings
     from dpc.training.checkpoint import load_run
@@ -76,32 +86,47 @@ def preview_run(run_dir: str | Path, out: str | Path | None = None, n: int = 6,
     G = int(cfg.render.vox_size)
     s = BatchSampler(reader, split, 1, 1, int(cfg.data.image_size), G, int(cfg.seed))
     n = min(n, s.n)
-    renderer = PointCloudRenderer(RenderSettings(vox_size=G, kernel_size=int(cfg.render.pc_gauss_kernel_size)))
+    renderer = PointCloudRenderer(
+        RenderSettings(vox_size=G, kernel_size=int(cfg.render.pc_gauss_kernel_size))
+    )
     rows = []
     for i in range(n):
-        img = torch.from_numpy(np.ascontiguousarray(s.images[i, :1])).permute(0, 3, 1, 2).float() / 255
-        img = torch.nn.functional.interpolate(img, size=(s.image_size,) * 2, mode="bilinear",
-                                              antialias=True, align_corners=False)
+        img = (
+            torch.from_numpy(np.ascontiguousarray(s.images[i, :1])).permute(0, 3, 1, 2).float()
+            / 255
+        )
+        img = torch.nn.functional.interpolate(
+            img, size=(s.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )
         o = model(img.to(device))
         q = torch.from_numpy(np.ascontiguousarray(s.quats[i, :1])).float().to(device)
         if o.pose_student is not None:
             q = o.pose_student  # unsupervised: the student's pose
         elif o.pose_candidates is not None:
             q = o.pose_candidates[:, 0]
-        sil = renderer(o.points, q, sigma=float(cfg.render.pc_relative_sigma_end), scale=o.scale).silhouette
+        sil = renderer(
+            o.points, q, sigma=float(cfg.render.pc_relative_sigma_end), scale=o.scale
+        ).silhouette
         mask = torch.from_numpy(np.ascontiguousarray(s.masks[i, 0])).float() / 255
         pts = o.points[0].cpu().numpy()
         cols = None if o.colors is None else o.colors[0].cpu().numpy()
-        rows.append([to_uint8(img[0]), to_uint8(mask), to_uint8(sil[0])]
-                    + [draw_points(pts, 128, v, cols) for v in ("side", "front", "top")])
+        rows.append(
+            [to_uint8(img[0]), to_uint8(mask), to_uint8(sil[0])]
+            + [draw_points(pts, 128, v, cols) for v in ("side", "front", "top")]
+        )
     out = Path(out) if out else Path(run_dir) / "preview.png"
-    panel(rows, 128, ["input", "GT mask", "pred silhouette", "points side", "points front",
-                      "points top"]).save(out)
+    panel(
+        rows,
+        128,
+        ["input", "GT mask", "pred silhouette", "points side", "points front", "points top"],
+    ).save(out)
     return out
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="PNG path (default <run_dir>/preview.png)")
     p.add_argument("--n", type=int, default=6, help="number of objects")

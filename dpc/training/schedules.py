@@ -27,6 +27,9 @@ def keep_fraction(step: int, cfg) -> float:
     r = cfg.render
     if not r.pc_point_dropout_scheduled:
         return 1.0
-    n = (r.pc_point_dropout_anneal_steps if r.pc_point_dropout_anneal_steps is not None
-         else cfg.trainer.max_steps)
+    n = (
+        r.pc_point_dropout_anneal_steps
+        if r.pc_point_dropout_anneal_steps is not None
+        else cfg.trainer.max_steps
+    )
     return linear(step, r.pc_point_dropout_start, 1.0, int(n))

@@ -26,8 +26,9 @@ class StepOutput(NamedTuple):
     scale: Tensor  # [b] (detached)
 
 
-def dropout_indices(step: int, seed: int, global_batch: int, rank_slice: slice, num_points: int,
-                    keep: float, device) -> Tensor | None:
+def dropout_indices(
+    step: int, seed: int, global_batch: int, rank_slice: slice, num_points: int, keep: float, device
+) -> Tensor | None:
     """Indices ``[b, n_keep]`` of the points kept at ``step`` (None = keep all).
 
     Drawn for the whole global batch from a generator seeded by ``(seed, step)`` and then
@@ -79,8 +80,15 @@ def compute_step(
         colors = colors.float()
     M = quats.shape[2]
 
-    idx = dropout_indices(step, cfg.seed, int(cfg.trainer.batch_size), rank_slice,
-                          points.shape[1], keep, points.device)
+    idx = dropout_indices(
+        step,
+        cfg.seed,
+        int(cfg.trainer.batch_size),
+        rank_slice,
+        points.shape[1],
+        keep,
+        points.device,
+    )
     pts, cols = points, colors
     if idx is not None:
         pts = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
@@ -93,8 +101,9 @@ def compute_step(
         quats.reshape(R, 4),
         sigma=sigma,
         scale=scale[:, None, None].expand(b, K, M).reshape(R),
-        colors=None if cols is None or lc.color_weight == 0 else
-        cols[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
+        colors=None
+        if cols is None or lc.color_weight == 0
+        else cols[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
         return_depth=lc.depth_weight > 0,
     )
     G = rend.silhouette.shape[-1]
@@ -105,8 +114,8 @@ def compute_step(
         if rend.color is None:
             raise ValueError("loss.color_weight > 0 needs model.pc_rgb=true")
         target = torch.nn.functional.interpolate(
-            images.flatten(0, 1), size=(G, G), mode="bilinear", align_corners=True,
-            antialias=True).view(b, K, 1, 3, G, G)
+            images.flatten(0, 1), size=(G, G), mode="bilinear", align_corners=True, antialias=True
+        ).view(b, K, 1, 3, G, G)
         col = per_view_l2(rend.color.view(b, K, M, 3, G, G), target, image_dims=3)
         terms["color_loss"] = col
         per_cand = per_cand + lc.color_weight * col
@@ -132,5 +141,12 @@ def compute_step(
     if cfg.trainer.debug_nan_steps and step in cfg.trainer.debug_nan_steps:
         loss = loss * float("nan")  # test aid: exercises the non-finite guard
     terms["data_loss"] = loss
-    return StepOutput(loss, terms, winner, sil.detach(), points.detach(),
-                      None if colors is None else colors.detach(), scale.detach())
+    return StepOutput(
+        loss,
+        terms,
+        winner,
+        sil.detach(),
+        points.detach(),
+        None if colors is None else colors.detach(),
+        scale.detach(),
+    )

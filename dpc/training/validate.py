@@ -40,12 +40,24 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
     """Validation scalars of ``model`` (a DPCModel, eval mode is set and restored)."""
     v = cfg.val
     G = int(cfg.render.vox_size)
-    sampler = BatchSampler(reader, split, 1, min(int(v.views), reader.num_views),
-                           int(cfg.data.image_size), G, int(cfg.seed) + 12345)
+    sampler = BatchSampler(
+        reader,
+        split,
+        1,
+        min(int(v.views), reader.num_views),
+        int(cfg.data.image_size),
+        G,
+        int(cfg.seed) + 12345,
+    )
     n = min(int(v.num_objects), sampler.n)
-    renderer = PointCloudRenderer(RenderSettings(
-        vox_size=G, kernel_size=int(cfg.render.pc_gauss_kernel_size),
-        projection=str(cfg.render.projection), backend=str(cfg.render.backend)))
+    renderer = PointCloudRenderer(
+        RenderSettings(
+            vox_size=G,
+            kernel_size=int(cfg.render.pc_gauss_kernel_size),
+            projection=str(cfg.render.projection),
+            backend=str(cfg.render.backend),
+        )
+    )
     sigma = float(v.sigma) if v.sigma is not None else float(cfg.render.pc_relative_sigma_end)
     was_training = model.training
     model.eval()
@@ -66,7 +78,9 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
             q = b["quat"].to(device)[:, None]
         M = q.shape[1]
         pts = out.points.expand(K * M, -1, -1)
-        sil = renderer(pts, q.reshape(K * M, 4), sigma=sigma, scale=out.scale.expand(K * M)).silhouette
+        sil = renderer(
+            pts, q.reshape(K * M, 4), sigma=sigma, scale=out.scale.expand(K * M)
+        ).silhouette
         per = per_view_l2(sil.view(K, M, G, G), masks[:, None])  # [K, M]
         losses.append(per.min(dim=1).values.mean().item())
         if gts is not None:
@@ -80,10 +94,19 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
         try:
             from dpc.eval.validate import validate as eval_validate
 
-            ev = eval_validate(model, reader, split=split, max_objects=n, device=device,
-                               image_size=int(cfg.data.image_size), renderer=renderer, sigma=sigma)
-            res.update({k.removeprefix("val/"): float(x) for k, x in ev.items()
-                        if k.startswith("val/")})
+            ev = eval_validate(
+                model,
+                reader,
+                split=split,
+                max_objects=n,
+                device=device,
+                image_size=int(cfg.data.image_size),
+                renderer=renderer,
+                sigma=sigma,
+            )
+            res.update(
+                {k.removeprefix("val/"): float(x) for k, x in ev.items() if k.startswith("val/")}
+            )
             res["_eval"] = ev
             prec = []  # the evaluation part's numbers replace the fallback
         except ImportError:
@@ -91,8 +114,9 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
         except Exception as e:  # validation must not kill a training run
             import sys
 
-            print(f"[dpc.train] dpc.eval validation failed: {type(e).__name__}: {e}",
-                  file=sys.stderr)
+            print(
+                f"[dpc.train] dpc.eval validation failed: {type(e).__name__}: {e}", file=sys.stderr
+            )
     if prec:
         res.update(precision=100 * float(np.mean(prec)), coverage=100 * float(np.mean(cov)))
         res["chamfer"] = res["precision"] + res["coverage"]
@@ -102,14 +126,19 @@ def validate(model, reader, cfg, device, split: str = "val") -> dict[str, float]
 def _item(sampler: BatchSampler, obj: int, views: np.ndarray) -> dict[str, torch.Tensor]:
     """Object ``obj`` with ``views`` ``[K]`` as a batch of one (first dim dropped)."""
     s = sampler
-    img = torch.from_numpy(np.ascontiguousarray(s.images[obj, views])).permute(0, 3, 1, 2).float() / 255
+    img = (
+        torch.from_numpy(np.ascontiguousarray(s.images[obj, views])).permute(0, 3, 1, 2).float()
+        / 255
+    )
     if img.shape[-1] != s.image_size:
-        img = torch.nn.functional.interpolate(img, size=(s.image_size,) * 2, mode="bilinear",
-                                              align_corners=False, antialias=True)
+        img = torch.nn.functional.interpolate(
+            img, size=(s.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+        )
     from dpc.camera import resize_masks
 
-    mask = resize_masks(torch.from_numpy(np.ascontiguousarray(s.masks[obj, views])).float() / 255,
-                        s.mask_size)
+    mask = resize_masks(
+        torch.from_numpy(np.ascontiguousarray(s.masks[obj, views])).float() / 255, s.mask_size
+    )
     quat = torch.from_numpy(np.ascontiguousarray(s.quats[obj, views])).float()
     return {"image": img, "mask": mask, "quat": quat}
 

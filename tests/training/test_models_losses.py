@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dpc.camera import quat_mul, quat_normalize, random_quat
 from dpc.losses import (
@@ -16,14 +17,20 @@ from dpc.losses import (
 )
 from dpc.models import DPCModel
 from dpc.training import schedules
-from omegaconf import OmegaConf
 
 
 @pytest.mark.parametrize("S,M,student,rgb", [(32, 4, True, False), (64, 1, False, True)])
 def test_model_shapes_and_ranges(S, M, student, rgb):
     torch.manual_seed(0)
-    m = DPCModel(image_size=S, num_points=100, base_channels=4, fc_dim=32, rgb=rgb,
-                 num_candidates=M, student=student)
+    m = DPCModel(
+        image_size=S,
+        num_points=100,
+        base_channels=4,
+        fc_dim=32,
+        rgb=rgb,
+        num_candidates=M,
+        student=student,
+    )
     out = m(torch.rand(3, 3, S, S))
     assert out.points.shape == (3, 100, 3) and out.points.abs().max() <= 0.5
     assert out.scale.shape == (3,) and ((out.scale > 0) & (out.scale < 1)).all()
@@ -47,7 +54,11 @@ def test_encoder_reaches_4x4_and_point_init_std():
     # std is 0.88 * 0.025
     assert abs(w.std().item() - 0.88 * 0.025) < 0.0005
     assert m.pose_heads is not None and len(m.pose_heads.candidates) == 4
-    assert [l.out_features for l in m.pose_heads.candidates[0] if hasattr(l, "out_features")] == [32, 32, 4]
+    assert [l.out_features for l in m.pose_heads.candidates[0] if hasattr(l, "out_features")] == [
+        32,
+        32,
+        4,
+    ]
     with pytest.raises(ValueError, match="image_size"):
         DPCModel(image_size=100)
     with pytest.raises(ValueError, match="images must be"):
@@ -96,12 +107,19 @@ def test_weight_decay_counts_weights_not_biases():
 
 
 def test_schedules_linear_and_clamped():
-    cfg = OmegaConf.create({
-        "trainer": {"max_steps": 100},
-        "render": {"pc_relative_sigma": 3.0, "pc_relative_sigma_end": 0.2, "sigma_anneal_steps": None,
-                   "pc_point_dropout_scheduled": True, "pc_point_dropout_start": 0.07,
-                   "pc_point_dropout_anneal_steps": 50},
-    })
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"max_steps": 100},
+            "render": {
+                "pc_relative_sigma": 3.0,
+                "pc_relative_sigma_end": 0.2,
+                "sigma_anneal_steps": None,
+                "pc_point_dropout_scheduled": True,
+                "pc_point_dropout_start": 0.07,
+                "pc_point_dropout_anneal_steps": 50,
+            },
+        }
+    )
     assert schedules.blur_sigma(0, cfg) == 3.0
     assert schedules.blur_sigma(50, cfg) == pytest.approx(1.6)
     assert schedules.blur_sigma(100, cfg) == pytest.approx(0.2)

@@ -4,13 +4,21 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from dpc.models import build_model
 from train_testutils import CONFIG_DIR, compose_cfg
 
+from dpc.models import build_model
+
 EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
-REQUIRED = {"car", "chair", "airplane", "car_camera_supervision", "chair_camera_supervision",
-            "airplane_camera_supervision", "car_quick", "car_quick_camera_supervision"}
+REQUIRED = {
+    "car",
+    "chair",
+    "airplane",
+    "car_camera_supervision",
+    "chair_camera_supervision",
+    "airplane_camera_supervision",
+    "car_quick",
+    "car_quick_camera_supervision",
+}
 
 
 def test_required_experiments_exist():

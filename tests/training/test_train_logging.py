@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from train_testutils import TINY, compose_cfg
 
+from dpc.train import train
 from dpc.training.logging import ProgressLine, format_eta, wandb_mode
 from dpc.training.preview import draw_points, panel, preview_run
-from dpc.train import train
-from train_testutils import TINY, compose_cfg
 
 
 def test_wandb_mode(monkeypatch, tmp_path):
@@ -40,7 +40,10 @@ def test_draw_points_places_points():
 
 def test_preview_cli_writes_png(tmp_path):
     run = tmp_path / "run"
-    train(compose_cfg(["+experiment=car_quick_camera_supervision"] + TINY
-                      + ["trainer.max_steps=1"], run))
+    train(
+        compose_cfg(
+            ["+experiment=car_quick_camera_supervision"] + TINY + ["trainer.max_steps=1"], run
+        )
+    )
     out = preview_run(run, n=2)
     assert out.exists() and out.stat().st_size > 1000

@@ -9,13 +9,19 @@ import sys
 import time
 
 import pytest
-
-from dpc.training.checkpoint import load_checkpoint
 from train_testutils import REPO, TINY, run_cli
 
-ARGS = ["+experiment=car_quick"] + TINY + [
-    "model.pose_predict_num_candidates=2", "trainer.max_steps=24", "trainer.checkpoint_every=4",
-]
+from dpc.training.checkpoint import load_checkpoint
+
+ARGS = (
+    ["+experiment=car_quick"]
+    + TINY
+    + [
+        "model.pose_predict_num_candidates=2",
+        "trainer.max_steps=24",
+        "trainer.checkpoint_every=4",
+    ]
+)
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -34,8 +40,11 @@ def _wait_for_step(proc, run_dir, step: int, timeout: float = 120.0) -> None:
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
             raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
-        if log.exists() and any(json.loads(l).get("step", -1) >= step
-                                for l in log.read_text().splitlines() if l.strip().endswith("}")):
+        if log.exists() and any(
+            json.loads(l).get("step", -1) >= step
+            for l in log.read_text().splitlines()
+            if l.strip().endswith("}")
+        ):
             return
         time.sleep(0.05)
     raise AssertionError("timed out waiting for training steps")
@@ -82,8 +91,16 @@ def test_ctrl_c_saves_and_exits_cleanly(reference_run, tmp_path):
     logged = _losses(d)
     assert ck["step"] == max(logged) + 1 < 24  # saved right after the last finished step
     # resume=true finds the newest run of this name under paths.output_root
-    r = run_cli(ARGS + ["resume=true", f"paths.output_root={tmp_path}", "name=.",
-                        f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=tmp_path)
+    r = run_cli(
+        ARGS
+        + [
+            "resume=true",
+            f"paths.output_root={tmp_path}",
+            "name=.",
+            f"hydra.run.dir={tmp_path / 'resumed'}",
+        ],
+        cwd=tmp_path,
+    )
     out, _ = r.communicate(timeout=300)
     assert r.returncode == 0, out
     assert _losses(d) == reference_run
@@ -91,12 +108,22 @@ def test_ctrl_c_saves_and_exits_cleanly(reference_run, tmp_path):
 
 def test_ddp_two_cpu_processes_match_one(reference_run, tmp_path):
     d = tmp_path / "ddp"
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dpc.train", *ARGS, "trainer.max_steps=6", f"hydra.run.dir={d}",
-           # the reference run is 24 steps long: keep its schedules
-           "render.sigma_anneal_steps=24", "render.pc_point_dropout_anneal_steps=24"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dpc.train",
+        *ARGS,
+        "trainer.max_steps=6",
+        f"hydra.run.dir={d}",
+        # the reference run is 24 steps long: keep its schedules
+        "render.sigma_anneal_steps=24",
+        "render.pc_point_dropout_anneal_steps=24",
+    ]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     ddp = _losses(d)  # rank 0 only: each step once

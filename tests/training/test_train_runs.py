@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from train_testutils import TINY, compose_cfg
 
 from dpc.train import NonFiniteLossError, train
 from dpc.training.checkpoint import load_checkpoint, load_run
-from train_testutils import TINY, compose_cfg
 
 TINY_NO_DATA = [o for o in TINY if not o.startswith("data")]
 
@@ -22,8 +22,11 @@ FAMILIES = {
     "camera_supervision": ["+experiment=car_quick_camera_supervision"],
     "one_candidate": ["+experiment=car_quick_1cand"],
     "no_anneal": ["+experiment=car_quick_no_anneal"],
-    "rgb_color_loss": ["+experiment=car_quick_camera_supervision", "model.pc_rgb=true",
-                       "loss.color_weight=0.1"],
+    "rgb_color_loss": [
+        "+experiment=car_quick_camera_supervision",
+        "model.pc_rgb=true",
+        "loss.color_weight=0.1",
+    ],
     "max_projection": ["+experiment=car_camera_supervision", "render.projection=max"],
     "paper_unsupervised": ["+experiment=chair"],
 }
@@ -54,9 +57,18 @@ def test_two_step_run(family, tmp_path):
 
 def test_training_reduces_loss_and_validates(tmp_path):
     run = tmp_path / "run"
-    cfg = compose_cfg(["+experiment=car_quick_camera_supervision"] + TINY
-                      + ["trainer.max_steps=60", "trainer.log_every=10", "val.every=60",
-                         "val.num_objects=2", "optim.lr=1e-3"], run)
+    cfg = compose_cfg(
+        ["+experiment=car_quick_camera_supervision"]
+        + TINY
+        + [
+            "trainer.max_steps=60",
+            "trainer.log_every=10",
+            "val.every=60",
+            "val.num_objects=2",
+            "optim.lr=1e-3",
+        ],
+        run,
+    )
     summary = train(cfg)
     recs = [r for r in _records(run) if "loss" in r]
     assert recs[-1]["projection_loss"] < 0.7 * recs[0]["projection_loss"]
@@ -66,9 +78,16 @@ def test_training_reduces_loss_and_validates(tmp_path):
 
 def test_nan_guard_skips_then_stops(tmp_path):
     run = tmp_path / "run"
-    cfg = compose_cfg(["+experiment=car_quick_camera_supervision"] + TINY
-                      + ["trainer.max_steps=20", "trainer.debug_nan_steps=[2,4,5,6]",
-                         "trainer.nan_max_consecutive=3"], run)
+    cfg = compose_cfg(
+        ["+experiment=car_quick_camera_supervision"]
+        + TINY
+        + [
+            "trainer.max_steps=20",
+            "trainer.debug_nan_steps=[2,4,5,6]",
+            "trainer.nan_max_consecutive=3",
+        ],
+        run,
+    )
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 6"):
         train(cfg)
     recs = _records(run)
@@ -86,16 +105,32 @@ def test_nan_guard_skips_then_stops(tmp_path):
 def test_real_dataset_is_built_when_missing(tmp_path):
     run = tmp_path / "run"
     data_root = tmp_path / "data"
-    cfg = compose_cfg(["+experiment=car_quick_camera_supervision", "data=car_quick",
-                       f"paths.data_root={data_root}"] + TINY_NO_DATA
-                      + ["data.image_size=64", "trainer.max_steps=2"], run)
+    cfg = compose_cfg(
+        [
+            "+experiment=car_quick_camera_supervision",
+            "data=car_quick",
+            f"paths.data_root={data_root}",
+        ]
+        + TINY_NO_DATA
+        + ["data.image_size=64", "trainer.max_steps=2"],
+        run,
+    )
     assert cfg.data.root == str(data_root)
     train(cfg)
     assert (data_root / "car_quick" / "manifest.json").exists()
 
 
 def test_missing_dataset_stops_with_command(tmp_path):
-    cfg = compose_cfg(["+experiment=car_quick", "data.build_if_missing=false",
-                       f"paths.data_root={tmp_path}/nothing"] + TINY_NO_DATA, tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="python -m dpc.data build category=car preset=small"):
+    cfg = compose_cfg(
+        [
+            "+experiment=car_quick",
+            "data.build_if_missing=false",
+            f"paths.data_root={tmp_path}/nothing",
+        ]
+        + TINY_NO_DATA,
+        tmp_path / "run",
+    )
+    with pytest.raises(
+        FileNotFoundError, match="python -m dpc.data build category=car preset=small"
+    ):
         train(cfg)

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -16,12 +15,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Tiny sizes shared by the smoke runs (seconds per run on 2 cores).
 TINY = [
-    "data=synthetic", "data.synthetic.num_train=8", "data.synthetic.num_val=2",
-    "data.image_size=32", "model.pc_num_points=300", "model.fc_dim=64",
-    "model.encoder_base_channels=4", "render.vox_size=16", "render.pc_gauss_kernel_size=5",
-    "render.pc_relative_sigma=1.0", "render.pc_relative_sigma_end=0.5",
-    "trainer.batch_size=4", "trainer.log_every=1", "trainer.print_every=1",
-    "trainer.image_every=0", "trainer.num_threads=1", "logger=disabled", "device=cpu",
+    "data=synthetic",
+    "data.synthetic.num_train=8",
+    "data.synthetic.num_val=2",
+    "data.image_size=32",
+    "model.pc_num_points=300",
+    "model.fc_dim=64",
+    "model.encoder_base_channels=4",
+    "render.vox_size=16",
+    "render.pc_gauss_kernel_size=5",
+    "render.pc_relative_sigma=1.0",
+    "render.pc_relative_sigma_end=0.5",
+    "trainer.batch_size=4",
+    "trainer.log_every=1",
+    "trainer.print_every=1",
+    "trainer.image_every=0",
+    "trainer.num_threads=1",
+    "logger=disabled",
+    "device=cpu",
     "val.every=0",
 ]
 
@@ -41,7 +52,19 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, **kw):
     """Popen ``python -m dpc.train <args>`` (1 thread, wandb disabled)."""
     import subprocess
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "dpc.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        **(env_extra or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpc.train", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
