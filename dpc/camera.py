@@ -71,9 +71,15 @@ def quat_to_matrix(q: Tensor) -> Tensor:
     w, x, y, z = quat_normalize(q).unbind(-1)
     return torch.stack(
         (
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ),
         dim=-1,
     ).reshape(q.shape[:-1] + (3, 3))
@@ -88,14 +94,42 @@ def matrix_to_quat(R: Tensor) -> Tensor:
     trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
     cands = torch.stack(
         (
-            torch.stack((1 + trace, m[..., 2, 1] - m[..., 1, 2],
-                         m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]), -1),
-            torch.stack((m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                         m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]), -1),
-            torch.stack((m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
-                         1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]), -1),
-            torch.stack((m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0],
-                         m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]), -1),
+            torch.stack(
+                (
+                    1 + trace,
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                ),
+                -1,
+            ),
+            torch.stack(
+                (
+                    m[..., 2, 1] - m[..., 1, 2],
+                    1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ),
+                -1,
+            ),
+            torch.stack(
+                (
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 0, 1] + m[..., 1, 0],
+                    1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2],
+                    m[..., 1, 2] + m[..., 2, 1],
+                ),
+                -1,
+            ),
+            torch.stack(
+                (
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                    m[..., 1, 2] + m[..., 2, 1],
+                    1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2],
+                ),
+                -1,
+            ),
         ),
         dim=-2,
     )  # [..., 4 candidates, 4]
@@ -148,8 +182,11 @@ def view_quat(azimuth: Tensor, elevation: Tensor) -> Tensor:
     radians, looking at the origin with +y as image up. Elevation must be in (-pi/2, pi/2).
     """
     pos = torch.stack(
-        (torch.cos(elevation) * torch.cos(azimuth), torch.sin(elevation),
-         torch.cos(elevation) * torch.sin(azimuth)),
+        (
+            torch.cos(elevation) * torch.cos(azimuth),
+            torch.sin(elevation),
+            torch.cos(elevation) * torch.sin(azimuth),
+        ),
         dim=-1,
     )
     return look_at_quat(pos)

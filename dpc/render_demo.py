@@ -40,15 +40,26 @@ def primitive_points(shape: str, n: int = 8000, seed: int = 0) -> torch.Tensor:
     if shape == "torus":
         u, v = torch.rand(n, generator=g) * 2 * math.pi, torch.rand(n, generator=g) * 2 * math.pi
         R, r = 0.3, 0.1
-        return torch.stack(((R + r * torch.cos(v)) * torch.cos(u), r * torch.sin(v),
-                            (R + r * torch.cos(v)) * torch.sin(u)), -1)
+        return torch.stack(
+            (
+                (R + r * torch.cos(v)) * torch.cos(u),
+                r * torch.sin(v),
+                (R + r * torch.cos(v)) * torch.sin(u),
+            ),
+            -1,
+        )
     if shape == "chair":  # seat, back, four legs: asymmetric, so poses are easy to read
-        parts = [((-0.25, -0.05, -0.25), (0.25, 0.02, 0.25)), ((0.2, 0.02, -0.25), (0.25, 0.45, 0.25))]
+        parts = [
+            ((-0.25, -0.05, -0.25), (0.25, 0.02, 0.25)),
+            ((0.2, 0.02, -0.25), (0.25, 0.45, 0.25)),
+        ]
         for x in (-0.22, 0.17):
             for z in (-0.22, 0.17):
                 parts.append(((x, -0.45, z), (x + 0.05, -0.05, z + 0.05)))
         vol = torch.tensor([np.prod(np.subtract(hi, lo)) ** (2 / 3) for lo, hi in parts])
-        counts = torch.multinomial(vol, n, replacement=True, generator=g).bincount(minlength=len(parts))
+        counts = torch.multinomial(vol, n, replacement=True, generator=g).bincount(
+            minlength=len(parts)
+        )
         return torch.cat([_box_surface(int(c), lo, hi, g) for c, (lo, hi) in zip(counts, parts)])
     raise ValueError(f"shape must be one of chair, torus, box; got {shape!r}")
 
@@ -65,8 +76,11 @@ def render_grid(shape: str = "chair", views: int = 6, size: int = 64, sigma: flo
     sil = out.silhouette
     depth = ((out.depth - 1.5).clamp(0, 1) * (sil > 0.5)).clamp(0, 1)  # near bright on black
     depth = torch.where(sil > 0.5, 1.0 - depth, torch.zeros_like(depth))
-    rows = [sil[..., None].expand(-1, -1, -1, 3), depth[..., None].expand(-1, -1, -1, 3),
-            out.color.permute(0, 2, 3, 1)]
+    rows = [
+        sil[..., None].expand(-1, -1, -1, 3),
+        depth[..., None].expand(-1, -1, -1, 3),
+        out.color.permute(0, 2, 3, 1),
+    ]
     img = torch.cat([torch.cat(list(r_), dim=1) for r_ in rows], dim=0)
     return (img.clamp(0, 1) * 255).round().byte().numpy()
 

@@ -119,8 +119,9 @@ def depth_values(D: int, camera_distance: float, max_depth: float, dtype, device
     """Depth of each cell ``[D+1]``: ``d + k/D - 0.5`` (TF ``drc_depth_grid``), then
     ``max_depth`` for rays that escape."""
     k = torch.arange(D, dtype=dtype, device=device)
-    return torch.cat((k / D - 0.5 + camera_distance, torch.tensor([max_depth], dtype=dtype,
-                                                                   device=device)))
+    return torch.cat(
+        (k / D - 0.5 + camera_distance, torch.tensor([max_depth], dtype=dtype, device=device))
+    )
 
 
 def ray_project_ref(

@@ -41,8 +41,11 @@ def test_matrix_round_trip_and_orthonormal():
     g = torch.Generator().manual_seed(2)
     q = C.random_quat(256, g, dtype=torch.float64)
     # Include rotations by ~180 degrees, where the trace formula alone breaks down.
-    q[:4] = C.quat_normalize(torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1],
-                                           [1e-9, 1, 1, 0]], dtype=torch.float64))
+    q[:4] = C.quat_normalize(
+        torch.tensor(
+            [[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1e-9, 1, 1, 0]], dtype=torch.float64
+        )
+    )
     R = C.quat_to_matrix(q)
     eye = torch.eye(3, dtype=torch.float64).expand_as(R)
     torch.testing.assert_close(R @ R.transpose(1, 2), eye)
@@ -56,8 +59,9 @@ def test_quat_mul_composes_rotations_and_conj_inverts():
     g = torch.Generator().manual_seed(3)
     a, b = C.random_quat(4, g, torch.float64), C.random_quat(4, g, torch.float64)
     p = torch.randn(4, 7, 3, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(C.quat_rotate(C.quat_mul(a, b), p),
-                               C.quat_rotate(a, C.quat_rotate(b, p)))
+    torch.testing.assert_close(
+        C.quat_rotate(C.quat_mul(a, b), p), C.quat_rotate(a, C.quat_rotate(b, p))
+    )
     torch.testing.assert_close(C.quat_rotate(C.quat_conj(a), C.quat_rotate(a, p)), p)
 
 
@@ -68,8 +72,12 @@ def test_quat_angle_known_values():
         ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
         assert abs(math.degrees(C.quat_angle(ident, q).item()) - deg) < 1e-5
     # 270 deg about an axis is 90 deg about the opposite one.
-    q = C.quat_from_axis_angle(axis.double(), torch.tensor(math.radians(270.0), dtype=torch.float64))
-    assert abs(math.degrees(C.quat_angle(torch.tensor([1.0, 0, 0, 0]).double(), q).item()) - 90) < 1e-5
+    q = C.quat_from_axis_angle(
+        axis.double(), torch.tensor(math.radians(270.0), dtype=torch.float64)
+    )
+    assert (
+        abs(math.degrees(C.quat_angle(torch.tensor([1.0, 0, 0, 0]).double(), q).item()) - 90) < 1e-5
+    )
 
 
 def test_view_quat_camera_position_and_axes():
@@ -77,14 +85,16 @@ def test_view_quat_camera_position_and_axes():
     el = torch.tensor([0.0, 0.3, -0.4, 1.2])
     q = C.view_quat(az, el)
     pos = C.camera_position(q, 2.0)
-    expected = 2.0 * torch.stack((torch.cos(el) * torch.cos(az), torch.sin(el),
-                                  torch.cos(el) * torch.sin(az)), -1)
+    expected = 2.0 * torch.stack(
+        (torch.cos(el) * torch.cos(az), torch.sin(el), torch.cos(el) * torch.sin(az)), -1
+    )
     torch.testing.assert_close(pos, expected, atol=1e-5, rtol=0)
     # The camera-frame image of the camera centre is (-d, 0, 0); the origin projects to the
     # image centre; +y projects upwards (row < 0) for moderate elevation.
     cam = C.quat_rotate(q, pos[:, None])
-    torch.testing.assert_close(cam[:, 0], torch.tensor([[-2.0, 0, 0]]).expand(4, 3), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        cam[:, 0], torch.tensor([[-2.0, 0, 0]]).expand(4, 3), atol=1e-5, rtol=0
+    )
     up = C.world_to_grid(torch.tensor([[[0.0, 0.3, 0.0]]]).expand(4, 1, 3), q)
     assert (up[:3, 0, 1] < 0).all()
 

@@ -25,8 +25,9 @@ def grid_coord(u, size):
 def test_single_point_lands_in_exact_cells_with_exact_weights():
     D, H, W = 6, 7, 8
     u = (2.25, 3.5, 4.0)  # fractional parts 0.25, 0.5, 0.0
-    p = torch.tensor([[[grid_coord(u[0], D), grid_coord(u[1], H), grid_coord(u[2], W)]]],
-                     dtype=torch.float64)
+    p = torch.tensor(
+        [[[grid_coord(u[0], D), grid_coord(u[1], H), grid_coord(u[2], W)]]], dtype=torch.float64
+    )
     occ, _ = splat_points_ref(p, (D, H, W))
     expected = torch.zeros(1, 1, D, H, W, dtype=torch.float64)
     expected[0, 0, 2, 3, 4] = 0.75 * 0.5
@@ -57,8 +58,9 @@ def test_trilinear_weights_sum_to_one_per_point_and_features_weighted():
     p = torch.rand(B, N, 3, generator=g, dtype=torch.float64) - 0.5
     f = torch.rand(B, N, C, generator=g, dtype=torch.float64)
     occ, feat = splat_points_ref(p, (17, 9, 12), f)
-    torch.testing.assert_close(occ.sum(dim=(1, 2, 3, 4)), torch.full((B,), float(N),
-                                                                      dtype=torch.float64))
+    torch.testing.assert_close(
+        occ.sum(dim=(1, 2, 3, 4)), torch.full((B,), float(N), dtype=torch.float64)
+    )
     torch.testing.assert_close(feat.sum(dim=(2, 3, 4)), f.sum(1))
     # Single points, one at a time: each sums to 1.
     for n in range(5):
@@ -96,8 +98,9 @@ def test_blur_matches_direct_convolution_and_preserves_mass_inside():
 def test_banded_matrix_zero_padding():
     k = torch.tensor([0.25, 0.5, 0.25])
     M = _banded(k, 4)
-    expected = torch.tensor([[0.5, 0.25, 0, 0], [0.25, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.25],
-                             [0, 0, 0.25, 0.5]])
+    expected = torch.tensor(
+        [[0.5, 0.25, 0, 0], [0.25, 0.5, 0.25, 0], [0, 0.25, 0.5, 0.25], [0, 0, 0.25, 0.5]]
+    )
     torch.testing.assert_close(M, expected)
 
 
@@ -176,16 +179,20 @@ def test_gradcheck_each_op_float64():
         (lambda: kernels.splat_points(torch.rand(1, 5, 2), (4, 4, 4)), "points"),
         (lambda: kernels.splat_points(torch.tensor([[[math.nan, 0, 0]]]), (4, 4, 4)), "points"),
         (lambda: kernels.splat_points(torch.rand(1, 5, 3), (4, 4)), "size"),
-        (lambda: kernels.splat_points(torch.rand(1, 5, 3), (4, 4, 4), torch.rand(1, 4, 3)),
-         "features"),
+        (
+            lambda: kernels.splat_points(torch.rand(1, 5, 3), (4, 4, 4), torch.rand(1, 4, 3)),
+            "features",
+        ),
         (lambda: kernels.blur3d(torch.rand(1, 1, 4, 4, 4), 1.0, 4), "kernel_size"),
         (lambda: kernels.blur3d(torch.rand(1, 1, 4, 4, 4), 1.0, 0), "kernel_size"),
         (lambda: kernels.blur3d(torch.rand(1, 1, 4, 4, 4), 0.0, 3), "sigma"),
         (lambda: kernels.blur3d(torch.rand(1, 1, 4, 4, 4), -1.0, 3), "sigma"),
         (lambda: kernels.blur3d(torch.rand(1, 4, 4, 4), 1.0, 3), "volume"),
         (lambda: kernels.ray_project(torch.rand(1, 2, 4, 4, 4)), "occupancy"),
-        (lambda: kernels.ray_project(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 3, 5, 4, 4)),
-         "colors"),
+        (
+            lambda: kernels.ray_project(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 3, 5, 4, 4)),
+            "colors",
+        ),
         (lambda: kernels.blur3d(torch.rand(1, 1, 4, 4, 4), 1.0, 3, backend="cuda"), "backend"),
     ],
 )

@@ -7,10 +7,12 @@ from dpc.render_demo import main, primitive_points
 
 
 def test_render_demo_writes_png(tmp_path):
-    out = main(["--shape", "chair", "--views", "3", "--size", "32", "--out", str(tmp_path / "d.png")])
+    out = main(
+        ["--shape", "chair", "--views", "3", "--size", "32", "--out", str(tmp_path / "d.png")]
+    )
     img = np.asarray(Image.open(out))
     assert img.shape == (3 * 32 * 2, 3 * 32 * 2, 3)
-    sil = img[: 64, :, 0]
+    sil = img[:64, :, 0]
     assert 0.05 < (sil > 128).mean() < 0.6  # something is drawn, not everything
 
 

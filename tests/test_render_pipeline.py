@@ -54,8 +54,16 @@ def test_outputs_shapes_depth_color_and_max_projection():
     cols[..., 0] = 1.0  # red
     q = view_quat(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5]))
     r = PointCloudRenderer(RenderSettings(vox_size=32, kernel_size=5))
-    out = r(pts, q, 1.0, scale=torch.tensor([1.0, 0.5]), colors=cols, return_depth=True,
-            return_voxels=True, return_probs=True)
+    out = r(
+        pts,
+        q,
+        1.0,
+        scale=torch.tensor([1.0, 0.5]),
+        colors=cols,
+        return_depth=True,
+        return_voxels=True,
+        return_probs=True,
+    )
     assert out.silhouette.shape == (2, 32, 32) and out.depth.shape == (2, 32, 32)
     assert out.color.shape == (2, 3, 32, 32) and out.voxels.shape == (2, 1, 32, 32, 32)
     assert out.probs.shape == (2, 33, 32, 32)
@@ -85,8 +93,9 @@ def test_point_dropout_keeps_fraction_and_is_seeded():
 def test_gradcheck_whole_renderer_points_quat_scale():
     g = torch.Generator().manual_seed(3)
     pts = (torch.rand(2, 5, 3, generator=g, dtype=torch.float64) * 0.6 - 0.3).requires_grad_()
-    q = torch.tensor([[0.9, 0.1, 0.3, -0.2], [0.5, -0.5, 0.4, 0.1]], dtype=torch.float64,
-                     requires_grad=True)
+    q = torch.tensor(
+        [[0.9, 0.1, 0.3, -0.2], [0.5, -0.5, 0.4, 0.1]], dtype=torch.float64, requires_grad=True
+    )
     s = torch.tensor([0.7, 0.4], dtype=torch.float64, requires_grad=True)
     r = PointCloudRenderer(RenderSettings(vox_size=6, kernel_size=3))
 

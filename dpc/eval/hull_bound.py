@@ -28,12 +28,19 @@ from tqdm import tqdm
 
 def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     """(precision, coverage) x100 of one predicted cloud ``[N, 3]`` against ``[M, 3]``."""
-    return (100 * float(cKDTree(gt).query(pred)[0].mean()),
-            100 * float(cKDTree(pred).query(gt)[0].mean()))
+    return (
+        100 * float(cKDTree(gt).query(pred)[0].mean()),
+        100 * float(cKDTree(pred).query(gt)[0].mean()),
+    )
 
 
-def ideal_cloud_scores(dataset: str | Path, split: str = "test", points: int = 2000,
-                       max_objects: int | None = None, seed: int = 0) -> dict:
+def ideal_cloud_scores(
+    dataset: str | Path,
+    split: str = "test",
+    points: int = 2000,
+    max_objects: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Mean precision / coverage / Chamfer (x100) of ideal volume and surface clouds."""
     import trimesh
 
@@ -44,8 +51,10 @@ def ideal_cloud_scores(dataset: str | Path, split: str = "test", points: int = 2
     ds = open_dataset(dataset)
     st = ds.manifest["settings"]
     if st.get("category") not in ("car", "chair"):
-        raise ValueError(f"dataset {dataset}: hull_bound needs a procedural category (car, chair), "
-                         f"got {st.get('category')!r}")
+        raise ValueError(
+            f"dataset {dataset}: hull_bound needs a procedural category (car, chair), "
+            f"got {st.get('category')!r}"
+        )
     s = BuildSettings(**{k: v for k, v in st.items() if k in BuildSettings.__dataclass_fields__})
     src = make_source(s)
     ids = list(ds.splits[split])[:max_objects]
@@ -58,14 +67,19 @@ def ideal_cloud_scores(dataset: str | Path, split: str = "test", points: int = 2
         np.random.seed(seed + i)  # trimesh samples with numpy's global generator
         vol = trimesh.sample.volume_mesh(m, 20 * points)
         if len(vol) < points:
-            raise RuntimeError(f"object {oid}: only {len(vol)} volume samples (mesh not watertight?)")
+            raise RuntimeError(
+                f"object {oid}: only {len(vol)} volume samples (mesh not watertight?)"
+            )
         out["volume"].append(score(vol[:points], gt[i]))
         out["surface"].append(score(np.asarray(m.sample(points)), gt[i]))
     res = {"dataset": str(dataset), "split": split, "points": points, "num_objects": len(ids)}
     for k, v in out.items():
         a = np.asarray(v)
-        res[k] = {"precision": a[:, 0].mean(), "coverage": a[:, 1].mean(),
-                  "chamfer": a.sum(1).mean()}
+        res[k] = {
+            "precision": a[:, 0].mean(),
+            "coverage": a[:, 1].mean(),
+            "chamfer": a.sum(1).mean(),
+        }
     return res
 
 

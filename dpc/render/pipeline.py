@@ -94,7 +94,9 @@ class PointCloudRenderer(nn.Module):
         check_tensor("points", points, ndim=3, last=3, finite=True)
         check_tensor("quat", quat, ndim=2, last=4, finite=True)
         if quat.shape[0] != points.shape[0]:
-            raise ValueError(f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}")
+            raise ValueError(
+                f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}"
+            )
         if scale is not None:
             check_tensor("scale", scale, ndim=1, finite=True)
         check_kernel(sigma, s.kernel_size)
@@ -124,8 +126,14 @@ class PointCloudRenderer(nn.Module):
             sil = kernels.max_project(occ)
             return RenderOutput(sil, None, None, occ if return_voxels else None, None)
         proj = kernels.ray_project(
-            occ, feat, s.camera_distance, s.max_depth, s.background,
-            return_depth=return_depth, return_probs=return_probs, backend=s.backend,
+            occ,
+            feat,
+            s.camera_distance,
+            s.max_depth,
+            s.background,
+            return_depth=return_depth,
+            return_probs=return_probs,
+            backend=s.backend,
         )
         return RenderOutput(
             proj.silhouette, proj.depth, proj.color, occ if return_voxels else None, proj.probs
