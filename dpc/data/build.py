@@ -104,6 +104,13 @@ def _init_worker(source: MeshSource, settings: BuildSettings, staging: str) -> N
     )
 
 
+def normalize_mesh(mesh, s: BuildSettings) -> None:
+    """Scale ``mesh`` in place to the dataset's size convention (``s.normalize``): sources
+    give longest side 1 (``cube``); ``diagonal`` makes the bounding-box diagonal 1."""
+    if s.normalize == "diagonal":
+        mesh.apply_scale(1.0 / float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])))
+
+
 def render_object(source: MeshSource, s: BuildSettings, renderer: MeshRenderer,
                   object_id: str) -> dict[str, np.ndarray]:
     """Load, check, render and sample one object. Raises ObjectSkipped for bad meshes."""
@@ -112,8 +119,7 @@ def render_object(source: MeshSource, s: BuildSettings, renderer: MeshRenderer,
         check_mesh(mesh, f"{source.name}:{object_id}")
     except (MeshError, ValueError, OSError) as exc:
         raise ObjectSkipped(str(exc)) from exc
-    if s.normalize == "diagonal":  # sources give longest side 1; make the diagonal 1
-        mesh.apply_scale(1.0 / float(np.linalg.norm(mesh.bounds[1] - mesh.bounds[0])))
+    normalize_mesh(mesh, s)
     quats, cam_pos, R = sample_views(s, object_id)
     inter = embree_intersector(mesh)
     views = renderer.render(mesh, R, intersector=inter)

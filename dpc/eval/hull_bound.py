@@ -22,16 +22,20 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
+import torch
 from tqdm import tqdm
+
+from dpc.eval.metrics import shape_metrics
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     """(precision, coverage) x100 of one predicted cloud ``[N, 3]`` against ``[M, 3]``."""
-    return (
-        100 * float(cKDTree(gt).query(pred)[0].mean()),
-        100 * float(cKDTree(pred).query(gt)[0].mean()),
+    prec, cov = shape_metrics(
+        torch.from_numpy(np.asarray(pred, np.float64))[None],
+        torch.from_numpy(np.asarray(gt, np.float64))[None],
+        "kdtree",
     )
+    return 100 * float(prec[0]), 100 * float(cov[0])
 
 
 def ideal_cloud_scores(
@@ -45,7 +49,7 @@ def ideal_cloud_scores(
     import trimesh
 
     from dpc.data import open_dataset
-    from dpc.data.build import make_source
+    from dpc.data.build import make_source, normalize_mesh
     from dpc.data.config import BuildSettings
 
     ds = open_dataset(dataset)
@@ -62,8 +66,7 @@ def ideal_cloud_scores(
     out: dict[str, list] = {"volume": [], "surface": []}
     for i, oid in enumerate(tqdm(ids, desc=f"ideal clouds {split}")):
         m = src.load(oid)
-        if s.normalize == "diagonal":  # same normalisation as dpc.data.build.render_object
-            m.apply_scale(1.0 / float(np.linalg.norm(m.bounds[1] - m.bounds[0])))
+        normalize_mesh(m, s)
         np.random.seed(seed + i)  # trimesh samples with numpy's global generator
         vol = trimesh.sample.volume_mesh(m, 20 * points)
         if len(vol) < points:
