@@ -21,3 +21,21 @@ def test_volume_cloud_scores_worse_than_surface_cloud(tmp_path):
     # here with a sparse 400-point ground truth; 4.1 vs 0.7 on data/car with 8000).
     assert res["volume"]["precision"] > 1.5 * res["surface"]["precision"]
     assert res["surface"]["chamfer"] < res["volume"]["chamfer"]
+
+
+def test_rejects_non_procedural_dataset_and_missing_path(tmp_path):
+    import pytest
+    import trimesh
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    for i in range(3):
+        trimesh.creation.box(extents=(1.0, 0.5, 0.3 + 0.1 * i)).export(meshes / f"box{i}.obj")
+    path = build_dataset(category="folder", source=str(meshes), name="boxes",
+                         root=str(tmp_path / "data"), progress=False, workers=0, views=1,
+                         image_size=16, gt_points_dense=200, gt_points=100,
+                         val_fraction=0.34, test_fraction=0.34)
+    with pytest.raises(ValueError, match="procedural category"):
+        ideal_cloud_scores(path, "test", points=50)
+    with pytest.raises(Exception, match="nowhere"):
+        ideal_cloud_scores(tmp_path / "nowhere", "test")
