@@ -108,7 +108,8 @@ def validate(
             q_al = alignment.tensor()
         elif alignment is not None:
             q_al = torch.as_tensor(alignment, dtype=torch.float64)
-        err = pose_errors_deg(torch.from_numpy(preds.quat), torch.from_numpy(q_gt), q_al)
+        # q_gt may be a read-only memmap slice: copy rather than share it with torch
+        err = pose_errors_deg(torch.from_numpy(preds.quat), torch.tensor(np.asarray(q_gt)), q_al)
         s = pose_summary(err.numpy())
         res["val/pose_accuracy"] = s["accuracy"]
         res["val/pose_median_deg"] = s["median_deg"]

@@ -34,7 +34,7 @@ def test_experiment_composes(name, tmp_path):
     assert cfg.data.views_per_item <= 5
     if "camera_supervision" in name:
         assert not cfg.model.predict_pose
-    elif name in ("car", "chair", "airplane", "car_quick"):
+    elif name in ("car", "chair", "airplane", "car_quick", "airplane_quick"):
         assert cfg.model.predict_pose and cfg.model.pose_predict_num_candidates == 4
         assert cfg.model.pose_predictor_student and cfg.loss.pose_student_align_loss == 20
 
@@ -57,6 +57,17 @@ def test_car_quick_is_cpu_sized(tmp_path):
     assert cfg.data.name == "car_small"
     m = build_model(cfg)
     assert m.encoder.image_size == 64 and m.decoder.num_points == 2000
+
+
+def test_airplane_quick_is_cpu_sized_on_20_views(tmp_path):
+    from dpc.data.config import make_settings, settings_for_name
+
+    cfg = compose_cfg(["+experiment=airplane_quick_camera_supervision"], tmp_path / "run")
+    assert (cfg.render.vox_size, cfg.data.image_size, cfg.model.pc_num_points) == (32, 64, 2000)
+    assert cfg.data.name == "airplane_views20"
+    # the training config's dataset name resolves to the 20-view build settings
+    st = make_settings(**settings_for_name(cfg.data.name))
+    assert (st.category, st.views, st.dataset_name) == ("airplane", 20, "airplane_views20")
 
 
 def test_experiment_without_plus_is_not_in_defaults(tmp_path):
