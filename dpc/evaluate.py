@@ -138,6 +138,22 @@ def final_sigma(cfg) -> float:
     return float(cfg.render.get("pc_relative_sigma_end", 0.2) or 0.2)
 
 
+def _predict(model, cfg, reader, split: str, device, opts, max_objects):
+    """Predictions of the run's model on ``split``, rendered with the run's final sigma."""
+    return predict_split(
+        model,
+        reader,
+        split,
+        int(cfg.data.image_size),
+        device,
+        int(opts.batch_size),
+        max_objects=max_objects,
+        renderer=renderer_from_cfg(cfg),
+        sigma=final_sigma(cfg),
+        progress=opts.progress,
+    )
+
+
 def get_alignment(
     model, cfg, reader, opts, run_dir: Path, step: int | None, device
 ) -> AlignmentResult:
@@ -155,18 +171,7 @@ def get_alignment(
             stacklevel=2,
         )
     split = str(opts.align_split)
-    pv = predict_split(
-        model,
-        reader,
-        split,
-        int(cfg.data.image_size),
-        device,
-        int(opts.batch_size),
-        max_objects=opts.align_max_objects,
-        renderer=renderer_from_cfg(cfg),
-        sigma=final_sigma(cfg),
-        progress=opts.progress,
-    )
+    pv = _predict(model, cfg, reader, split, device, opts, opts.align_max_objects)
     gt = load_gt(reader, split, bool(opts.gt_dense))[: pv.points.shape[0]]
     q_gt = np.asarray(reader.quats(split))[: pv.points.shape[0]]
     ok = valid_gt_mask(gt) & np.isfinite(pv.points).reshape(len(gt), -1).all(1)
@@ -209,18 +214,7 @@ def evaluate(**kwargs) -> dict:
     t0 = time.time()
 
     # 1. predictions
-    preds = predict_split(
-        model,
-        reader,
-        split,
-        int(cfg.data.image_size),
-        device,
-        int(opts.batch_size),
-        max_objects=opts.max_objects,
-        renderer=renderer_from_cfg(cfg),
-        sigma=final_sigma(cfg),
-        progress=opts.progress,
-    )
+    preds = _predict(model, cfg, reader, split, device, opts, opts.max_objects)
     n_obj, V = preds.points.shape[:2]
     preds.save_npz(out / "predictions.npz")
     _write_plys(out / "ply", preds, int(opts.ply_views))
