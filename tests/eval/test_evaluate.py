@@ -77,6 +77,23 @@ def test_score_shift_gives_t():
     assert "pose" not in res
 
 
+def test_score_diagnostics_separate_stray_points():
+    """A cloud equal to the GT except for k stray points 0.3 away: far_fraction = k / N,
+    precision_near95 = 0 (the strays are under 5%) while precision = 30 k / N."""
+    ax = np.linspace(-0.2, 0.2, 10, dtype=np.float32)
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(1, -1, 3)  # N 1000
+    pred = grid.copy()
+    k = 30
+    pred[0, :k, 2] = 0.5  # straight above the grid's top face (z = 0.2) at grid (x, y)
+    preds = Predictions(pred[:, None], np.ones((1, 1)), None, None, ["a"], "test")
+    res = score(preds, grid, np.zeros((1, 1, 4)), None, _opts())
+    d = res["diagnostics"]
+    assert d["far_fraction"] == pytest.approx(k / 1000)
+    assert d["precision_near95"] == pytest.approx(0.0, abs=1e-5)
+    assert res["precision"] == pytest.approx(100 * 0.3 * k / 1000, rel=1e-3)
+    assert res["per_object"][0]["far_fraction"] == [pytest.approx(k / 1000)]
+
+
 def test_score_skips_nan_views_and_missing_gt_with_counts():
     gt, q_gt = _scene(n_obj=3, V=2)
     pts = np.repeat(gt[:, None], 2, 1).copy()
