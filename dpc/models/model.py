@@ -41,11 +41,14 @@ class DPCModel(nn.Module):
         num_candidates: int = 4,
         student: bool = True,
         points_init_std: float = 0.025,
+        learn_scale: bool = True,
     ):
         super().__init__()
         self.encoder = ImageEncoder(image_size, base_channels, fc_dim)
         self.decoder = PointDecoder(fc_dim, num_points, rgb, points_init_std)
-        self.scale_head = ScaleHead(fc_dim, max_scale)
+        # learn_scale=False: a constant occupancy scale of max_scale (no head)
+        self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
+        self.max_scale = max_scale
         self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
 
     @property
@@ -55,6 +58,8 @@ class DPCModel(nn.Module):
     def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Shape code ``[B, F]`` -> ``(points [B, N, 3], scale [B], colors [B, N, 3] | None)``."""
         points, colors = self.decoder(z)
+        if self.scale_head is None:
+            return points, z.new_full((z.shape[0],), self.max_scale), colors
         return points, self.scale_head(z), colors
 
     def pose(self, pose_code: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -91,4 +96,5 @@ def build_model(cfg) -> DPCModel:
         num_candidates=int(m.pose_predict_num_candidates),
         student=bool(m.pose_predictor_student),
         points_init_std=float(m.pc_decoder_init_stddev),
+        learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
     )

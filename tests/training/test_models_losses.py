@@ -143,3 +143,25 @@ def test_weight_decay_gradient_matches_l2_term():
     (f(m(x)) + l2_weight_decay(m, 1e-2)).backward()
     for a, p in zip(g1, m.parameters()):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_fixed_occupancy_scale_has_no_head_and_returns_the_maximum():
+    """pc_learn_occupancy_scaling=false: scale is the constant maximum, with no parameters."""
+    torch.manual_seed(0)
+    learned = DPCModel(image_size=32, num_points=50, fc_dim=64, predict_pose=False)
+    fixed = DPCModel(
+        image_size=32,
+        num_points=50,
+        fc_dim=64,
+        predict_pose=False,
+        max_scale=0.7,
+        learn_scale=False,
+    )
+    x = torch.rand(3, 3, 32, 32)
+    out = fixed(x)
+    assert torch.equal(out.scale, torch.full((3,), 0.7))
+    assert (
+        sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in fixed.parameters())
+        == 64 + 1
+    )  # the scale head's FC weights and bias
+    assert not torch.equal(learned(x).scale, torch.full((3,), 1.0))
