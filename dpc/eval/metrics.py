@@ -28,8 +28,15 @@ def shape_metrics(
 ) -> tuple[Tensor, Tensor]:
     """Precision (mean pred->gt nearest distance) and coverage (mean gt->pred) ``[B]`` each,
     Euclidean, not squared, not x100."""
-    prec, cov, _ = shape_metrics_detailed(pred, gt, backend)
-    return prec, cov
+    d = _nn_distances(pred, gt, backend)
+    return d.x_to_y.mean(1), d.y_to_x.mean(1)
+
+
+def _nn_distances(pred: Tensor, gt: Tensor, backend: str):
+    """Nearest-neighbour distances both ways (Euclidean), ``gt [1, P, 3]`` broadcast to B."""
+    if gt.shape[0] == 1 and pred.shape[0] > 1:
+        gt = gt.expand(pred.shape[0], -1, -1)
+    return chamfer_distance(pred, gt.to(pred.dtype), squared=False, backend=backend)
 
 
 # Diagnostics (not the paper's metric): a predicted point farther than this from every
@@ -48,9 +55,7 @@ def shape_metrics_detailed(
     (share of predicted points farther than :data:`FAR_DISTANCE` from the ground truth) and
     ``precision_near95`` (precision over the nearest :data:`TRIM_KEEP` of the points), to
     tell stray points from a uniformly offset cloud. Not x100."""
-    if gt.shape[0] == 1 and pred.shape[0] > 1:
-        gt = gt.expand(pred.shape[0], -1, -1)
-    d = chamfer_distance(pred, gt.to(pred.dtype), squared=False, backend=backend)
+    d = _nn_distances(pred, gt, backend)
     x = d.x_to_y
     keep = max(1, int(round(TRIM_KEEP * x.shape[1])))
     diag = {
