@@ -22,6 +22,38 @@ def per_view_l2(pred: Tensor, target: Tensor, image_dims: int = 2) -> Tensor:
     return 0.5 * (pred - target).square().sum(dim=tuple(range(-image_dims, 0)))
 
 
+def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
+    """Mean squared distance (in pixels) from each projected point to the silhouette.
+
+    Not in the paper: the projection loss has no gradient that moves a point lying far
+    outside every silhouette (moving it through empty space leaves the image's error the
+    same), so such points stay where they are. This term pulls them back.
+
+    Args:
+        grid_points: ``[..., N, 3]`` grid coordinates (depth, row, col) from
+            :func:`dpc.camera.world_to_grid`; row/col in ``[-0.5, 0.5]`` span the image.
+        distance: ``[..., G, G]`` distance maps of the target silhouettes, in pixels
+            (:func:`dpc.training.data.mask_distance_maps`), same leading dims.
+    Returns:
+        ``[...]``: mean over points of the squared distance, bilinearly interpolated;
+        points outside the image add their distance to the image border.
+    """
+    lead = distance.shape[:-2]
+    H, W = distance.shape[-2:]
+    rc = grid_points[..., 1:].reshape(-1, grid_points.shape[-2], 2)  # [R, N, (row, col)]
+    inside = rc.clamp(-0.5, 0.5)
+    # grid_sample wants (x, y) = (col, row) in [-1, 1], corners aligned like the renderer.
+    d = torch.nn.functional.grid_sample(
+        distance.reshape(-1, 1, H, W).to(rc.dtype),
+        (2.0 * inside.flip(-1))[:, None],
+        mode="bilinear",
+        align_corners=True,
+    )[:, 0, 0]  # [R, N]
+    beyond = (rc - inside) * rc.new_tensor([H - 1, W - 1])  # pixels past the border
+    d = d + beyond.norm(dim=-1)
+    return d.square().mean(-1).view(lead)
+
+
 class WTAResult(NamedTuple):
     loss: Tensor  # scalar: sum over views of the winner's loss / number of views
     winner: Tensor  # [B, K] int64 index of the winning candidate per view

@@ -161,6 +161,7 @@ def train(cfg: DictConfig) -> dict:
         rank,
         world,
         with_depth=float(cfg.loss.depth_weight) > 0,
+        with_mask_distance=float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
     )
     b = int(tr.batch_size) // world
     rank_slice = slice(rank * b, (rank + 1) * b)

@@ -193,7 +193,9 @@ class BatchSampler:
         rank: int = 0,
         world_size: int = 1,
         with_depth: bool = False,
+        with_mask_distance: bool = False,
     ):
+        self.with_mask_distance = with_mask_distance
         self.images = reader.images(split)
         self.masks = reader.masks(split)
         self.quats = reader.quats(split)
@@ -233,7 +235,8 @@ class BatchSampler:
 
     def __call__(self, step: int) -> dict[str, Tensor]:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
-        ``quat [b, K, 4]``, ``depth [b, K, G, G]`` (if asked), ``object_index [b]``,
+        ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
+        (if asked; see :func:`mask_distance_maps`), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
@@ -267,7 +270,32 @@ class BatchSampler:
         if self.depths is not None:
             dep = torch.from_numpy(np.ascontiguousarray(self.depths[o, views])).float()
             out["depth"] = resize_masks(dep.flatten(0, 1), self.mask_size).view_as(mask)
+        if self.with_mask_distance:
+            full = np.ascontiguousarray(self.masks[o, views])  # at the dataset's resolution
+            out["mask_distance"] = mask_distance_maps(
+                torch.from_numpy(full).float().div_(255.0), self.mask_size
+            )
         return out
+
+
+def mask_distance_maps(mask: Tensor, size: int, threshold: float = 0.5) -> Tensor:
+    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output.
+
+    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside. Computed at
+    the mask's own resolution (so parts thinner than a cell of the output still count as
+    silhouette), then resized like the masks and rescaled to output pixels. A view with an
+    empty silhouette gets zeros (nothing to pull points towards).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    S = mask.shape[-1]
+    flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
+    out = np.zeros(flat.shape, dtype=np.float32)
+    for i, inside in enumerate(flat):
+        if inside.any():
+            out[i] = distance_transform_edt(~inside)
+    d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
+    return resize_masks(d, size).view(*mask.shape[:-2], size, size)
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dpc.losses import per_view_l2, student_loss, winner_takes_all
+from dpc.camera import world_to_grid
+from dpc.losses import per_view_l2, silhouette_distance, student_loss, winner_takes_all
 from dpc.render import PointCloudRenderer
 
 
@@ -123,6 +124,20 @@ def compute_step(
         dep = per_view_l2(rend.depth.view(b, K, M, G, G), batch["depth"][:, :, None])
         terms["depth_loss"] = dep
         per_cand = per_cand + lc.depth_weight * dep
+    sd_weight = float(lc.get("silhouette_distance_weight", 0.0))
+    if sd_weight > 0:
+        # All points (not only the dropout subset), so every stray is pulled back.
+        rs = renderer.settings
+        grid = world_to_grid(
+            points[:, None, None].expand(b, K, M, -1, 3).reshape(R, -1, 3),
+            quats.reshape(R, 4),
+            camera_distance=rs.camera_distance,
+            focal_length=rs.focal_length,
+        )
+        dist = batch["mask_distance"][:, :, None].expand(b, K, M, G, G)
+        sd = silhouette_distance(grid, dist).view(b, K, M)
+        terms["silhouette_distance"] = sd
+        per_cand = per_cand + sd_weight * sd
 
     wta = winner_takes_all(per_cand)
     winner = wta.winner if predict_pose else None

@@ -6,17 +6,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpc.camera import quat_mul, quat_normalize, random_quat
+from dpc.camera import quat_mul, quat_normalize, random_quat, resize_masks
 from dpc.losses import (
     add_weight_decay_grad,
     decay_parameters,
     l2_weight_decay,
     per_view_l2,
+    silhouette_distance,
     student_loss,
     winner_takes_all,
 )
 from dpc.models import DPCModel
 from dpc.training import schedules
+from dpc.training.data import mask_distance_maps
 
 
 @pytest.mark.parametrize("S,M,student,rgb", [(32, 4, True, False), (64, 1, False, True)])
@@ -71,6 +73,47 @@ def test_per_view_l2_known_answer():
     torch.testing.assert_close(per_view_l2(pred, target), torch.full((2, 3), 8.0))
     col = per_view_l2(torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 2.0), image_dims=3)
     torch.testing.assert_close(col, torch.full((2,), 96.0))
+
+
+def test_mask_distance_maps_known_answer():
+    m = torch.zeros(2, 9, 9)
+    m[0, 2:4, 2:4] = 1.0  # 2x2 square, rows/cols 2-3
+    d = mask_distance_maps(m, 9)
+    assert d.shape == (2, 9, 9) and d.dtype == torch.float32
+    assert d[0, 2:4, 2:4].abs().max() == 0
+    assert d[0, 3, 8].item() == pytest.approx(5.0)  # 5 pixels right of the square
+    assert d[0, 8, 8].item() == pytest.approx(math.hypot(5, 5))
+    assert d[1].abs().max() == 0  # empty silhouette: no pull
+    # at a coarser size the distances are in the output's pixels (8 px of 9 -> 4 px of 5)
+    m2 = torch.zeros(1, 9, 9)
+    m2[0, :, 0] = 1.0
+    assert mask_distance_maps(m2, 5)[0, 2, 4].item() == pytest.approx(4.0)
+    # a one-pixel-wide part of the full-resolution mask still counts at the coarse size
+    m3 = torch.zeros(1, 9, 9)
+    m3[0, :, 5] = 1.0  # column 5 falls between the coarse grid's samples (cols 4, 6)
+    assert resize_masks(m3, 5).abs().max() == 0  # the resized mask loses it
+    torch.testing.assert_close(mask_distance_maps(m3, 5)[0, :, 2:4], torch.full((5, 2), 0.5))
+
+
+def test_silhouette_distance_known_answer_and_pull():
+    G = 5
+    dist = mask_distance_maps(torch.zeros(1, G, G).index_fill_(2, torch.tensor([0]), 1.0), G)
+    # points in grid coordinates (depth, row, col): col -0.5 is pixel 0, col 0.5 pixel 4
+    pts = torch.tensor([[[0.1, 0.0, -0.5], [0.0, 0.2, 0.0], [0.0, 0.0, 0.75]]])
+    sd = silhouette_distance(pts, dist)
+    # distances 0, 2 and 4 + 0.25 * 4 (beyond the border) pixels
+    assert sd.shape == (1,)
+    assert sd.item() == pytest.approx((0 + 4 + 25) / 3, rel=1e-5)
+    p = pts.clone().requires_grad_()
+    silhouette_distance(p, dist).sum().backward()
+    assert p.grad[0, 0].abs().max() == 0  # inside: no force
+    assert p.grad[0, 1, 2] > 0 and p.grad[0, 2, 2] > 0  # descent moves them left, inwards
+    assert p.grad[0, :, 0].abs().max() == 0  # depth does not matter
+    torch.autograd.gradcheck(
+        lambda x: silhouette_distance(x, dist.double()),
+        (torch.tensor([[[0.0, 0.13, 0.31], [0.0, -0.2, 0.61]]], dtype=torch.float64,
+                       requires_grad=True),),
+    )
 
 
 def test_winner_takes_all_gradient_goes_to_winner_only():

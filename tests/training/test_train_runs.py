@@ -29,6 +29,11 @@ FAMILIES = {
     ],
     "max_projection": ["+experiment=car_camera_supervision", "render.projection=max"],
     "paper_unsupervised": ["+experiment=chair"],
+    "silhouette_distance": [
+        "+experiment=car_quick",
+        "model.pose_predict_num_candidates=2",
+        "loss.silhouette_distance_weight=1.0",
+    ],
 }
 
 
@@ -48,6 +53,8 @@ def test_two_step_run(family, tmp_path):
         assert "student_loss" in recs[0]
     if cfg.loss.color_weight > 0:
         assert "color_loss" in recs[0]
+    if cfg.loss.silhouette_distance_weight > 0:
+        assert all(r["silhouette_distance"] >= 0 for r in recs)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ck["step"] == 2 and set(ck) >= {"model", "optimizer", "step", "rng", "config"}
     assert (run / "config.yaml").exists()
