@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from dpc.camera import mask_distance_maps
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
 from dpc.eval.metrics import (
@@ -29,6 +30,7 @@ from dpc.eval.metrics import (
     TRIM_KEEP,
     align_points,
     aligned_pose,
+    outside_silhouettes,
     pose_errors_deg,
     pose_summary,
     shape_metrics_detailed,
@@ -228,7 +230,17 @@ def evaluate(**kwargs) -> dict:
 
     # 3. scoring
     gt = load_gt(reader, split, bool(opts.gt_dense))[:n_obj]
-    res = score(preds, gt, np.asarray(reader.quats(split))[:n_obj], al, opts)
+    masks = reader.masks(split)[:n_obj]
+    G = int(cfg.render.vox_size)
+    res = score(
+        preds,
+        gt,
+        np.asarray(reader.quats(split))[:n_obj],
+        al,
+        opts,
+        masks=masks,
+        cell_px=(masks.shape[-1] - 1) / max(G - 1, 1),
+    )
     res.update(
         run_dir=str(run_dir),
         checkpoint_step=step,
@@ -247,9 +259,19 @@ def evaluate(**kwargs) -> dict:
 
 
 def score(
-    preds: Predictions, gt: np.ndarray, q_gt: np.ndarray, al: AlignmentResult | None, opts
+    preds: Predictions,
+    gt: np.ndarray,
+    q_gt: np.ndarray,
+    al: AlignmentResult | None,
+    opts,
+    masks: np.ndarray | None = None,
+    cell_px: float = 1.0,
 ) -> dict:
-    """Shape (and pose) metrics per object and view, with skipped views counted."""
+    """Shape (and pose) metrics per object and view, with skipped views counted.
+
+    ``masks`` (uint8 ``[n_obj, V, S, S]``, optional) adds the silhouette diagnostic: the
+    share of predicted points projecting more than ``cell_px`` pixels (one renderer
+    cell) outside at least one of the object's ground-truth silhouettes."""
     n_obj, V = preds.points.shape[:2]
     valid_gt = valid_gt_mask(gt)
     finite = np.isfinite(preds.points).reshape(n_obj, V, -1).all(-1)  # [n_obj, V]
@@ -269,7 +291,7 @@ def score(
     q_al = al.tensor() if al is not None else None
     per_obj = []
     prec_all, cov_all, pose_all, bad_pose = [], [], [], []
-    far_all, trim_all = [], []
+    far_all, trim_all, out_all, far_out_all = [], [], [], []
     it = range(n_obj)
     if opts.progress:
         from tqdm import tqdm
@@ -284,10 +306,21 @@ def score(
             p = torch.from_numpy(preds.points[o, vs])
             if q_al is not None:
                 p = align_points(p.double(), q_al).float()
+            outside = None
+            cams = np.isfinite(q_gt[o]).all(-1) & (np.abs(np.nan_to_num(q_gt[o])).sum(-1) > 0)
+            if masks is not None and cams.any():
+                m = torch.from_numpy(np.array(masks[o][cams], np.float32) / 255.0)
+                outside = outside_silhouettes(
+                    p,
+                    mask_distance_maps(m, m.shape[-1]),
+                    torch.from_numpy(np.array(q_gt[o][cams], np.float32)),
+                    cell_px,
+                )
             prec, cov, diag = shape_metrics_detailed(
                 p,
                 torch.from_numpy(np.array(gt[o], np.float32))[None],
                 backend=str(opts.chamfer_backend),
+                outside=outside,
             )
             row["precision"] = (prec * 100).tolist()
             row["coverage"] = (cov * 100).tolist()
@@ -297,6 +330,10 @@ def score(
             cov_all += row["coverage"]
             far_all += row["far_fraction"]
             trim_all += row["precision_near95"]
+            if outside is not None:
+                row["outside_fraction"] = diag["outside_fraction"].tolist()
+                out_all += row["outside_fraction"]
+                far_out_all += diag["far_outside_fraction"].tolist()
         if preds.predicts_pose:
             ok = np.isfinite(preds.quat[o]).all(-1) & np.isfinite(q_gt[o]).all(-1)
             ok &= np.abs(np.nan_to_num(q_gt[o])).sum(-1) > 0  # an all-zero GT quat = missing
@@ -339,6 +376,14 @@ def score(
         "per_object": per_obj,
         "_valid_gt": valid_gt,
     }
+    if out_all:
+        res["diagnostics"]["note"] += (
+            f"; outside_fraction: share of points projecting more than {cell_px:.2f} px "
+            "(one renderer cell) outside at least one of the object's ground-truth "
+            "silhouettes, far_outside_fraction: share of points both far and outside"
+        )
+        res["diagnostics"]["outside_fraction"] = float(np.mean(out_all))
+        res["diagnostics"]["far_outside_fraction"] = float(np.mean(far_out_all))
     res["chamfer"] = res["precision"] + res["coverage"]
     if preds.predicts_pose:
         res["pose"] = {
@@ -412,6 +457,11 @@ def _print_summary(res: dict, out: Path) -> None:
         lines.append(
             f"  diagnostic  {100 * dg['far_fraction']:.1f}% of predicted points > {FAR_DISTANCE} "
             f"from the GT; precision of the nearest {TRIM_KEEP:.0%}: {dg['precision_near95']:.3f}"
+        )
+    if dg and "outside_fraction" in dg:
+        lines.append(
+            f"  diagnostic  {100 * dg['outside_fraction']:.1f}% of predicted points outside a "
+            f"GT silhouette by > 1 cell ({100 * dg['far_outside_fraction']:.1f}% far and outside)"
         )
     b = res.get("baselines", {})
     if "mean_shape" in b:

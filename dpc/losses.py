@@ -33,14 +33,24 @@ def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
         grid_points: ``[..., N, 3]`` grid coordinates (depth, row, col) from
             :func:`dpc.camera.world_to_grid`; row/col in ``[-0.5, 0.5]`` span the image.
         distance: ``[..., G, G]`` distance maps of the target silhouettes, in pixels
-            (:func:`dpc.training.data.mask_distance_maps`), same leading dims.
+            (:func:`dpc.camera.mask_distance_maps`), same leading dims.
     Returns:
         ``[...]``: mean over points of the squared distance, bilinearly interpolated;
         points outside the image add their distance to the image border.
     """
+    d = point_silhouette_distances(grid_points, distance)  # [..., N]
+    return d.square().mean(-1)
+
+
+def point_silhouette_distances(grid_points: Tensor, distance: Tensor) -> Tensor:
+    """Distance in pixels ``[..., N]`` of each projected point to the silhouette: the
+    distance map ``[..., G, G]`` sampled bilinearly at the point's (row, col), plus the
+    distance past the image border for points off the image (see
+    :func:`silhouette_distance`)."""
     lead = distance.shape[:-2]
     H, W = distance.shape[-2:]
-    rc = grid_points[..., 1:].reshape(-1, grid_points.shape[-2], 2)  # [R, N, (row, col)]
+    N = grid_points.shape[-2]
+    rc = grid_points[..., 1:].reshape(-1, N, 2)  # [R, N, (row, col)]
     inside = rc.clamp(-0.5, 0.5)
     # grid_sample wants (x, y) = (col, row) in [-1, 1], corners aligned like the renderer.
     d = torch.nn.functional.grid_sample(
@@ -50,8 +60,7 @@ def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
         align_corners=True,
     )[:, 0, 0]  # [R, N]
     beyond = (rc - inside) * rc.new_tensor([H - 1, W - 1])  # pixels past the border
-    d = d + beyond.norm(dim=-1)
-    return d.square().mean(-1).view(lead)
+    return (d + beyond.norm(dim=-1)).view(*lead, N)
 
 
 class WTAResult(NamedTuple):

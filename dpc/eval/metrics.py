@@ -50,19 +50,51 @@ def shape_metrics_detailed(
     pred: Tensor,  # [B, N, 3]
     gt: Tensor,  # [B, P, 3] (or [1, P, 3])
     backend: str = "auto",
+    outside: Tensor | None = None,  # [B, N] bool, from :func:`outside_silhouettes`
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """:func:`shape_metrics` plus per-view diagnostics ``[B]`` each: ``far_fraction``
     (share of predicted points farther than :data:`FAR_DISTANCE` from the ground truth) and
     ``precision_near95`` (precision over the nearest :data:`TRIM_KEEP` of the points), to
-    tell stray points from a uniformly offset cloud. Not x100."""
+    tell stray points from a uniformly offset cloud; with ``outside`` also
+    ``outside_fraction`` (share of points outside some silhouette) and
+    ``far_outside_fraction`` (share of points both far and outside). Not x100."""
     d = _nn_distances(pred, gt, backend)
     x = d.x_to_y
     keep = max(1, int(round(TRIM_KEEP * x.shape[1])))
+    far = x > FAR_DISTANCE
     diag = {
-        "far_fraction": (x > FAR_DISTANCE).to(x.dtype).mean(1),
+        "far_fraction": far.to(x.dtype).mean(1),
         "precision_near95": x.sort(dim=1).values[:, :keep].mean(1),
     }
+    if outside is not None:
+        diag["outside_fraction"] = outside.to(x.dtype).mean(1)
+        diag["far_outside_fraction"] = (outside & far).to(x.dtype).mean(1)
     return x.mean(1), d.y_to_x.mean(1), diag
+
+
+def outside_silhouettes(
+    points: Tensor,  # [B, N, 3] ground-truth frame
+    distance: Tensor,  # [V, S, S] distance maps of the object's masks, pixels
+    quats: Tensor,  # [V, 4] ground-truth cameras of those masks
+    tolerance_px: float,
+) -> Tensor:
+    """``[B, N]`` bool: points whose projection lies more than ``tolerance_px`` pixels
+    outside at least one of the object's ``V`` silhouettes (a diagnostic: such points
+    contradict a training signal; a point inside every silhouette may still be wrong)."""
+    from dpc.camera import world_to_grid
+    from dpc.losses import point_silhouette_distances
+
+    B, N, _ = points.shape
+    V = quats.shape[0]
+    grid = world_to_grid(
+        points[:, None].expand(B, V, N, 3).reshape(B * V, N, 3),
+        quats.to(points.dtype)[None].expand(B, V, 4).reshape(B * V, 4),
+    )
+    S = distance.shape[-1]
+    d = point_silhouette_distances(
+        grid, distance.to(points.dtype)[None].expand(B, V, S, S).reshape(B * V, S, S)
+    )
+    return d.view(B, V, N).amax(1) > tolerance_px
 
 
 def align_points(points: Tensor, q_align: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dpc.camera import resize_masks, view_quat
+from dpc.camera import mask_distance_maps, resize_masks, view_quat
 
 
 class ArrayDataset:
@@ -236,7 +236,7 @@ class BatchSampler:
     def __call__(self, step: int) -> dict[str, Tensor]:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
         ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
-        (if asked; see :func:`mask_distance_maps`), ``object_index [b]``,
+        (if asked; see :func:`dpc.camera.mask_distance_maps`), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
@@ -277,25 +277,6 @@ class BatchSampler:
             )
         return out
 
-
-def mask_distance_maps(mask: Tensor, size: int, threshold: float = 0.5) -> Tensor:
-    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output.
-
-    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside. Computed at
-    the mask's own resolution (so parts thinner than a cell of the output still count as
-    silhouette), then resized like the masks and rescaled to output pixels. A view with an
-    empty silhouette gets zeros (nothing to pull points towards).
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    S = mask.shape[-1]
-    flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
-    out = np.zeros(flat.shape, dtype=np.float32)
-    for i, inside in enumerate(flat):
-        if inside.any():
-            out[i] = distance_transform_edt(~inside)
-    d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
-    return resize_masks(d, size).view(*mask.shape[:-2], size, size)
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -94,6 +94,39 @@ def test_score_diagnostics_separate_stray_points():
     assert res["per_object"][0]["far_fraction"] == [pytest.approx(k / 1000)]
 
 
+def test_score_silhouette_diagnostic_counts_points_outside_a_mask():
+    """One camera on the +x axis sees a
+    square silhouette: the GT grid's own projection. Points of the grid are inside it, the
+    k strays moved far along the image plane are outside, and a point moved only along
+    the viewing ray stays inside."""
+    from dpc.camera import view_quat, world_to_grid
+
+    ax = np.linspace(-0.2, 0.2, 10, dtype=np.float32)
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(1, -1, 3)
+    q = view_quat(torch.tensor([0.0]), torch.tensor([0.0]))  # camera at +x, looks along -x
+    S = 65
+    g = world_to_grid(torch.from_numpy(grid), q)[0]  # [N, (depth, row, col)]
+    px = (g[:, 1:] + 0.5) * (S - 1)  # pixel (row, col) of every GT point
+    lo, hi = px.amin(0).floor(), px.amax(0).ceil()
+    mask = np.zeros((1, 1, S, S), np.uint8)
+    mask[0, 0, int(lo[0]) : int(hi[0]) + 1, int(lo[1]) : int(hi[1]) + 1] = 255
+    pred = grid.copy()
+    k = 30
+    pred[0, :k, 1] = 0.45  # y up: far above the top row of the silhouette
+    pred[0, k, 0] = 0.45  # along the viewing ray (x): far from the GT, still inside
+    preds = Predictions(pred[:, None], np.ones((1, 1)), None, None, ["a"], "test")
+    res = score(preds, grid, q[None].numpy(), None, _opts(), masks=mask, cell_px=2.0)
+    d = res["diagnostics"]
+    assert d["outside_fraction"] == pytest.approx(k / 1000)
+    assert d["far_fraction"] == pytest.approx((k + 1) / 1000)
+    assert d["far_outside_fraction"] == pytest.approx(k / 1000)
+    assert res["per_object"][0]["outside_fraction"] == [pytest.approx(k / 1000)]
+    # without masks the diagnostic is absent, the rest unchanged
+    res0 = score(preds, grid, q[None].numpy(), None, _opts())
+    assert "outside_fraction" not in res0["diagnostics"]
+    assert res0["precision"] == pytest.approx(res["precision"])
+
+
 def test_score_skips_nan_views_and_missing_gt_with_counts():
     gt, q_gt = _scene(n_obj=3, V=2)
     pts = np.repeat(gt[:, None], 2, 1).copy()
@@ -176,6 +209,7 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
         len(res["per_object"][0]["precision"]) == 5
         and len(res["per_object"][0]["pose_error_deg"]) == 5
     )
+    assert 0 <= res["diagnostics"]["outside_fraction"] <= 1
     b = res["baselines"]
     assert b["mean_shape"]["chamfer"] > 0 and 0 <= b["mean_view"]["accuracy"] <= 1
     assert len(list((out / "ply").glob("*.ply"))) == 8

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpc.camera import quat_mul, quat_normalize, random_quat, resize_masks
+from dpc.camera import mask_distance_maps, quat_mul, quat_normalize, random_quat, resize_masks
 from dpc.losses import (
     add_weight_decay_grad,
     decay_parameters,
@@ -18,7 +18,6 @@ from dpc.losses import (
 )
 from dpc.models import DPCModel
 from dpc.training import schedules
-from dpc.training.data import mask_distance_maps
 
 
 @pytest.mark.parametrize("S,M,student,rgb", [(32, 4, True, False), (64, 1, False, True)])
