@@ -23,11 +23,16 @@ def per_view_l2(pred: Tensor, target: Tensor, image_dims: int = 2) -> Tensor:
 
 
 def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
-    """Mean squared distance (in pixels) from each projected point to the silhouette.
+    """Sum over points of the distance (in pixels) from each projected point to the
+    silhouette.
 
     Not in the paper: the projection loss has no gradient that moves a point lying far
     outside every silhouette (moving it through empty space leaves the image's error the
-    same), so such points stay where they are. This term pulls them back.
+    same), and near the silhouette's edge it even pushes such a point away (the blurred
+    edge already overshoots). This term pulls every point outside with the same force
+    per pixel of distance, whatever the distance and the number of points (a mean, or a
+    squared distance, vanishes near the edge and the edge's push wins; measured in
+    ``tests/training/test_models_losses.py``).
 
     Args:
         grid_points: ``[..., N, 3]`` grid coordinates (depth, row, col) from
@@ -35,11 +40,10 @@ def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
         distance: ``[..., G, G]`` distance maps of the target silhouettes, in pixels
             (:func:`dpc.camera.mask_distance_maps`), same leading dims.
     Returns:
-        ``[...]``: mean over points of the squared distance, bilinearly interpolated;
-        points outside the image add their distance to the image border.
+        ``[...]``: sum over points of the bilinearly interpolated distance; points outside
+        the image add their distance to the image border.
     """
-    d = point_silhouette_distances(grid_points, distance)  # [..., N]
-    return d.square().mean(-1)
+    return point_silhouette_distances(grid_points, distance).sum(-1)
 
 
 def point_silhouette_distances(grid_points: Tensor, distance: Tensor) -> Tensor:

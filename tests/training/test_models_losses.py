@@ -94,25 +94,67 @@ def test_mask_distance_maps_known_answer():
     torch.testing.assert_close(mask_distance_maps(m3, 5)[0, :, 2:4], torch.full((5, 2), 0.5))
 
 
-def test_silhouette_distance_known_answer_and_pull():
+def test_silhouette_distance_known_answer_and_gradient():
     G = 5
-    dist = mask_distance_maps(torch.zeros(1, G, G).index_fill_(2, torch.tensor([0]), 1.0), G)
+    mask = torch.zeros(1, G, G).index_fill_(2, torch.tensor([0, 1]), 1.0)  # columns 0-1
+    dist = mask_distance_maps(mask, G)
     # points in grid coordinates (depth, row, col): col -0.5 is pixel 0, col 0.5 pixel 4
-    pts = torch.tensor([[[0.1, 0.0, -0.5], [0.0, 0.2, 0.0], [0.0, 0.0, 0.75]]])
+    pts = torch.tensor([[[0.1, 0.1, -0.4], [0.0, 0.2, 0.0], [0.0, 0.0, 0.75]]])
     sd = silhouette_distance(pts, dist)
-    # distances 0, 2 and 4 + 0.25 * 4 (beyond the border) pixels
+    # distances 0, 1 and 3 + 0.25 * 4 (beyond the border) pixels
     assert sd.shape == (1,)
-    assert sd.item() == pytest.approx((0 + 4 + 25) / 3, rel=1e-5)
+    assert sd.item() == pytest.approx(0 + 1 + 4, rel=1e-5)
     p = pts.clone().requires_grad_()
     silhouette_distance(p, dist).sum().backward()
     assert p.grad[0, 0].abs().max() == 0  # inside: no force
-    assert p.grad[0, 1, 2] > 0 and p.grad[0, 2, 2] > 0  # descent moves them left, inwards
+    # descent moves the others left, towards the silhouette: 4 px per grid unit
+    torch.testing.assert_close(p.grad[0, 1:, 2], torch.tensor([4.0, 4.0]))
     assert p.grad[0, :, 0].abs().max() == 0  # depth does not matter
     torch.autograd.gradcheck(
         lambda x: silhouette_distance(x, dist.double()),
         (torch.tensor([[[0.0, 0.13, 0.31], [0.0, -0.2, 0.61]]], dtype=torch.float64,
                        requires_grad=True),),
     )
+
+
+def _fit_points_with_strays(silhouette_weight: float, steps: int = 200):
+    """Fit a cube of points plus 4 strays to 3 silhouettes of the cube by moving the points
+    (Adam); returns (strays outside a silhouette [4] bool, cube points outside [216])."""
+    from dpc.camera import view_quat, world_to_grid
+    from dpc.eval.metrics import outside_silhouettes
+    from dpc.render import PointCloudRenderer
+
+    G, V = 16, 3
+    r = PointCloudRenderer(vox_size=G, kernel_size=5, backend="reference")
+    q = view_quat(torch.tensor([0.3, 1.9, 3.5]), torch.tensor([0.2, 0.5, 0.1]))
+    ax = torch.linspace(-0.15, 0.15, 6)
+    cube = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
+    with torch.no_grad():
+        mask = (r(cube[None].expand(V, -1, -1), q, sigma=1.0).silhouette > 0.5).float()
+    dist = mask_distance_maps(mask, G)
+    strays = torch.tensor(
+        [[0.4, 0.35, -0.3], [-0.35, 0.4, 0.38], [0.3, -0.4, 0.4], [-0.4, -0.3, -0.4]]
+    )
+    p = torch.cat([cube, strays]).requires_grad_()
+    opt = torch.optim.Adam([p], lr=0.005)
+    for _ in range(steps):
+        opt.zero_grad()
+        pts = p[None].expand(V, -1, -1)
+        loss = per_view_l2(r(pts, q, sigma=1.0).silhouette, mask).mean()
+        if silhouette_weight:
+            sd = silhouette_distance(world_to_grid(pts, q), dist)
+            loss = loss + silhouette_weight * sd.mean()
+        loss.backward()
+        opt.step()
+    out = outside_silhouettes(p.detach()[None], dist, q, 0.5)[0]
+    return out[-4:], out[:-4]
+
+
+def test_silhouette_distance_pulls_strays_the_projection_loss_leaves():
+    strays_out, cube_out = _fit_points_with_strays(0.0)
+    assert strays_out.all() and not cube_out.any()  # the problem: strays stay out
+    strays_out, cube_out = _fit_points_with_strays(0.1)
+    assert not strays_out.any() and not cube_out.any()
 
 
 def test_winner_takes_all_gradient_goes_to_winner_only():
