@@ -125,6 +125,8 @@ def compute_step(
         terms["depth_loss"] = dep
         per_cand = per_cand + lc.depth_weight * dep
     sd_weight = float(lc.get("silhouette_distance_weight", 0.0))
+    if step < int(lc.get("silhouette_distance_from_step", 0)):
+        sd_weight = 0.0  # e.g. off until unsupervised poses have settled
     if sd_weight > 0:
         # All points (not only the dropout subset), so every stray is pulled back.
         rs = renderer.settings

@@ -33,6 +33,7 @@ FAMILIES = {
         "+experiment=car_quick",
         "model.pose_predict_num_candidates=2",
         "loss.silhouette_distance_weight=1.0",
+        "loss.silhouette_distance_from_step=1",
     ],
 }
 
@@ -54,7 +55,8 @@ def test_two_step_run(family, tmp_path):
     if cfg.loss.color_weight > 0:
         assert "color_loss" in recs[0]
     if cfg.loss.silhouette_distance_weight > 0:
-        assert all(r["silhouette_distance"] >= 0 for r in recs)
+        assert "silhouette_distance" not in recs[0]  # off before silhouette_distance_from_step
+        assert recs[1]["silhouette_distance"] >= 0  # on from step 1
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ck["step"] == 2 and set(ck) >= {"model", "optimizer", "step", "rng", "config"}
     assert (run / "config.yaml").exists()
