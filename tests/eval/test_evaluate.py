@@ -95,10 +95,9 @@ def test_score_diagnostics_separate_stray_points():
 
 
 def test_score_silhouette_diagnostic_counts_points_outside_a_mask():
-    """One camera on the +x axis sees a
-    square silhouette: the GT grid's own projection. Points of the grid are inside it, the
-    k strays moved far along the image plane are outside, and a point moved only along
-    the viewing ray stays inside."""
+    """One camera on the +x axis sees a square silhouette: the GT grid's own projection.
+    Points of the grid are inside it, the k strays moved far along the image plane are
+    outside, and a point moved only along the viewing ray stays inside."""
     from dpc.camera import view_quat, world_to_grid
 
     ax = np.linspace(-0.2, 0.2, 10, dtype=np.float32)
