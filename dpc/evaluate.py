@@ -258,6 +258,12 @@ def evaluate(**kwargs) -> dict:
     return res
 
 
+def _has_quat(q: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` -> ``[...]`` bool: a usable ground-truth quaternion (finite, and not
+    all zero, which is how a missing pose shows up in an array file)."""
+    return np.isfinite(q).all(-1) & (np.abs(np.nan_to_num(q)).sum(-1) > 0)
+
+
 def score(
     preds: Predictions,
     gt: np.ndarray,
@@ -307,7 +313,7 @@ def score(
             if q_al is not None:
                 p = align_points(p.double(), q_al).float()
             outside = None
-            cams = np.isfinite(q_gt[o]).all(-1) & (np.abs(np.nan_to_num(q_gt[o])).sum(-1) > 0)
+            cams = _has_quat(q_gt[o])
             if masks is not None and cams.any():
                 m = torch.from_numpy(np.array(masks[o][cams], np.float32) / 255.0)
                 outside = outside_silhouettes(
@@ -335,8 +341,7 @@ def score(
                 out_all += row["outside_fraction"]
                 far_out_all += diag["far_outside_fraction"].tolist()
         if preds.predicts_pose:
-            ok = np.isfinite(preds.quat[o]).all(-1) & np.isfinite(q_gt[o]).all(-1)
-            ok &= np.abs(np.nan_to_num(q_gt[o])).sum(-1) > 0  # an all-zero GT quat = missing
+            ok = np.isfinite(preds.quat[o]).all(-1) & _has_quat(q_gt[o])
             bad_pose += [(ids[o], int(v)) for v in np.nonzero(~ok)[0]]
             vq = np.nonzero(ok)[0]
             row["pose_views"] = vq.tolist()

@@ -86,15 +86,10 @@ def outside_silhouettes(
 
     B, N, _ = points.shape
     V = quats.shape[0]
-    grid = world_to_grid(
-        points[:, None].expand(B, V, N, 3).reshape(B * V, N, 3),
-        quats.to(points.dtype)[None].expand(B, V, 4).reshape(B * V, 4),
-    )
-    S = distance.shape[-1]
-    d = point_silhouette_distances(
-        grid, distance.to(points.dtype)[None].expand(B, V, S, S).reshape(B * V, S, S)
-    )
-    return d.view(B, V, N).amax(1) > tolerance_px
+    # every view projects all B*N points at once: no per-cloud copies of the V maps
+    grid = world_to_grid(points.reshape(1, B * N, 3).expand(V, -1, -1), quats.to(points.dtype))
+    d = point_silhouette_distances(grid, distance.to(points.dtype))  # [V, B*N]
+    return d.amax(0).view(B, N) > tolerance_px
 
 
 def align_points(points: Tensor, q_align: Tensor) -> Tensor:

@@ -256,8 +256,9 @@ class BatchSampler:
                 align_corners=False,
                 antialias=True,
             ).view(b, self.K, 3, self.image_size, self.image_size)
-        mask = torch.from_numpy(np.ascontiguousarray(self.masks[o, views])).float().div_(255.0)
-        mask = resize_masks(mask.flatten(0, 1), self.mask_size).view(
+        # [b, K, S, S] at the dataset's resolution (the distance maps are made from it)
+        full_mask = torch.from_numpy(np.ascontiguousarray(self.masks[o, views])).float().div_(255.0)
+        mask = resize_masks(full_mask.flatten(0, 1), self.mask_size).view(
             b, self.K, self.mask_size, self.mask_size
         )
         out = {
@@ -271,12 +272,8 @@ class BatchSampler:
             dep = torch.from_numpy(np.ascontiguousarray(self.depths[o, views])).float()
             out["depth"] = resize_masks(dep.flatten(0, 1), self.mask_size).view_as(mask)
         if self.with_mask_distance:
-            full = np.ascontiguousarray(self.masks[o, views])  # at the dataset's resolution
-            out["mask_distance"] = mask_distance_maps(
-                torch.from_numpy(full).float().div_(255.0), self.mask_size
-            )
+            out["mask_distance"] = mask_distance_maps(full_mask, self.mask_size)
         return out
-
 
 
 class StepBatches(torch.utils.data.Dataset):
