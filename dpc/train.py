@@ -124,12 +124,20 @@ def _sync_flags(loss: torch.Tensor, stop_requested: bool, world: int) -> tuple[b
     return bad == 0.0, stop > 0.0
 
 
+def check_loss_config(loss) -> None:
+    """Clear errors for loss settings that would silently train something else."""
+    for key, value in loss.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"loss.{key} must be >= 0, got {value}")
+
+
 def train(cfg: DictConfig) -> dict:
     """Train a model as configured; returns a summary dict (final step, last losses,
     validation metrics, wall time). Raises :class:`NonFiniteLossError` after too many
     consecutive non-finite losses (a checkpoint of the last good state is written first).
     """
     t_start = time.perf_counter()
+    check_loss_config(cfg.loss)
     rank, world, local_rank = setup_distributed(str(cfg.device))
     is_main = rank == 0
     device = resolve_device(str(cfg.device), local_rank)

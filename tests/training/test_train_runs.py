@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
-from dpc.train import NonFiniteLossError, train
+from dpc.train import NonFiniteLossError, check_loss_config, train
 from dpc.training.checkpoint import load_checkpoint, load_run
 
 TINY_NO_DATA = [o for o in TINY if not o.startswith("data")]
@@ -143,3 +143,13 @@ def test_missing_dataset_stops_with_command(tmp_path):
         FileNotFoundError, match="python -m dpc.data build category=car preset=small"
     ):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    "override", ["loss.silhouette_distance_weight=-0.1", "loss.silhouette_distance_from_step=-1"]
+)
+def test_negative_loss_setting_is_a_clear_error(override):
+    cfg = compose_cfg(["+experiment=car_quick", override] + TINY)
+    with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")):
+        check_loss_config(cfg.loss)
+    check_loss_config(compose_cfg(["+experiment=car_quick"] + TINY).loss)  # defaults pass
