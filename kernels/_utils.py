@@ -9,13 +9,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Backend = Literal["auto", "reference", "triton"]
-BACKENDS = ("auto", "reference", "triton")
+Backend = Literal["auto", "reference", "triton", "cpu"]
+BACKENDS = ("auto", "reference", "triton", "cpu")
+Path = Literal["triton", "cpu", "reference"]
 
 
 @functools.cache
 def has_triton() -> bool:
-    """True when ``triton`` imports (it may still lack a GPU: see :func:`use_triton`)."""
+    """True when ``triton`` imports (it may still lack a GPU: see :func:`select_backend`)."""
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
@@ -31,20 +32,37 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def use_triton(backend: str, *tensors: Tensor) -> bool:
-    """Decide the path for ``backend`` given the op's input tensors.
+def select_backend(backend: str, *tensors: Tensor | None) -> Path:
+    """The one backend choice every op makes: which implementation runs ``tensors``.
 
-    ``auto``: Triton when the inputs are on CUDA and Triton imports, else the reference.
+    ``auto``: ``triton`` when the inputs are on CUDA, Triton imports and the dtype is
+    float32/float64; ``cpu`` (the fast CPU path, :mod:`kernels.cpu`) for float32/float64
+    CPU tensors; else ``reference``.
     ``triton``: Triton (also for CPU tensors under ``TRITON_INTERPRET=1``), else an error.
-    ``reference``: always the reference.
+    ``cpu``: the fast CPU path; CPU float32/float64 tensors only, else an error.
+    ``reference``: always :mod:`kernels.reference` (the test oracle).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
-        return False
-    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+        return "reference"
+    ts = [t for t in tensors if t is not None]
+    dtype_ok = triton_dtype_ok(*ts) and len({t.dtype for t in ts}) <= 1
+    on_cuda = all(t.is_cuda for t in ts)
+    on_cpu = all(t.device.type == "cpu" for t in ts)
     if backend == "auto":
-        return on_cuda and has_triton()
+        if on_cuda and has_triton() and dtype_ok:
+            return "triton"
+        if on_cpu and dtype_ok:
+            return "cpu"
+        return "reference"
+    dts = sorted({str(t.dtype) for t in ts})
+    if backend == "cpu":
+        if not on_cpu:
+            raise RuntimeError("backend='cpu' needs CPU tensors")
+        if not dtype_ok:
+            raise ValueError(f"backend='cpu' needs float32/float64 tensors of one dtype, got {dts}")
+        return "cpu"
     if not has_triton():
         raise RuntimeError("backend='triton' needs the `triton` package; pip install triton")
     if not (on_cuda or triton_interpreting()):
@@ -52,7 +70,9 @@ def use_triton(backend: str, *tensors: Tensor) -> bool:
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
             "kernels, to run the kernels on the CPU through Triton's interpreter)"
         )
-    return True
+    if not dtype_ok:
+        raise ValueError(f"backend='triton' needs float32/float64 tensors of one dtype, got {dts}")
+    return "triton"
 
 
 def check_tensor(

@@ -22,10 +22,10 @@ from kernels._utils import (
     has_triton,
     launch_block,
     new_output,
-    triton_dtype_ok,
-    use_triton,
+    select_backend,
 )
-from kernels.reference import blur3d_ref, gaussian_kernel1d
+from kernels import cpu
+from kernels.reference import blur3d_ref, blur_occupancy_ref, gaussian_kernel1d
 
 # Epilogue / prologue modes of one pass (constexpr switches of the kernel).
 _PLAIN = 0
@@ -297,19 +297,6 @@ class BlurOccupancy(torch.autograd.Function):
         )
 
 
-def _triton_path(backend: str, *tensors: Tensor | None) -> bool:
-    """Dispatch: Triton when :func:`use_triton` says so and the dtype is supported;
-    ``backend='triton'`` with another dtype is an error, ``auto`` falls back."""
-    if not use_triton(backend, *tensors):
-        return False
-    if triton_dtype_ok(*tensors):
-        return True
-    if backend == "triton":
-        dts = [t.dtype for t in tensors if t is not None]
-        raise ValueError(f"backend='triton' needs float32/float64 tensors, got {dts}")
-    return False
-
-
 def blur3d(
     volume: Tensor,  # [B, C, D, H, W]
     sigma: float,
@@ -321,8 +308,11 @@ def blur3d(
     Differentiable w.r.t. ``volume``."""
     check_tensor("volume", volume, ndim=5)
     check_kernel(sigma, kernel_size)
-    if _triton_path(backend, volume):
+    path = select_backend(backend, volume)
+    if path == "triton":
         return Blur3d.apply(volume.contiguous(), float(sigma), kernel_size)
+    if path == "cpu":
+        return cpu.blur3d_cpu(volume, float(sigma), kernel_size)
     return blur3d_ref(volume, float(sigma), kernel_size)
 
 
@@ -347,11 +337,10 @@ def blur_occupancy(
             raise ValueError(
                 f"scale must be [B] with B={volume.shape[0]}, got {tuple(scale.shape)}"
             )
-    if _triton_path(backend, volume, scale):
+    path = select_backend(backend, volume)
+    if path == "triton":
         sc = scale.to(volume.dtype).contiguous() if scale is not None else None
         return BlurOccupancy.apply(volume.contiguous(), sc, float(sigma), kernel_size)
-    occ = volume.clamp(0.0, 1.0)
-    occ = blur3d_ref(occ, float(sigma), kernel_size)
-    if scale is not None:
-        occ = occ * scale.view(-1, 1, 1, 1, 1)
-    return occ.clamp(0.0, 1.0)
+    if path == "cpu":
+        return cpu.blur_occupancy_cpu(volume, float(sigma), kernel_size, scale)
+    return blur_occupancy_ref(volume, float(sigma), kernel_size, scale)

@@ -31,9 +31,9 @@ from kernels._utils import (
     launch_block,
     new_output,
     next_pow2,
-    triton_dtype_ok,
-    use_triton,
+    select_backend,
 )
+from kernels import cpu
 from kernels.reference import RayProjection, max_project_ref, ray_project_ref
 
 if has_triton():
@@ -361,26 +361,22 @@ def ray_project(
                 f"colors must be [B, C, D, H, W] matching occupancy {tuple(occupancy.shape)}, "
                 f"got {tuple(colors.shape)}"
             )
-    if use_triton(backend, occupancy, colors):
-        if triton_dtype_ok(occupancy, colors) and (
-            colors is None or colors.dtype == occupancy.dtype
-        ):
-            out = RayProject.apply(
-                occupancy.contiguous(),
-                colors.contiguous() if colors is not None else None,
-                float(camera_distance),
-                float(max_depth),
-                float(background),
-                bool(return_depth),
-                bool(return_probs),
-            )
-            return RayProjection(*out)
-        if backend == "triton":
-            raise ValueError(
-                "backend='triton' needs float32/float64 occupancy (and colors of the same "
-                f"dtype), got {occupancy.dtype}"
-                + ("" if colors is None else f" and {colors.dtype}")
-            )
+    path = select_backend(backend, occupancy, colors)
+    if path == "triton":
+        out = RayProject.apply(
+            occupancy.contiguous(),
+            colors.contiguous() if colors is not None else None,
+            float(camera_distance),
+            float(max_depth),
+            float(background),
+            bool(return_depth),
+            bool(return_probs),
+        )
+        return RayProjection(*out)
+    if path == "cpu":
+        return cpu.ray_project_cpu(
+            occupancy, colors, camera_distance, max_depth, background, return_depth, return_probs
+        )
     return ray_project_ref(
         occupancy, colors, camera_distance, max_depth, background, return_depth, return_probs
     )

@@ -106,6 +106,18 @@ def blur3d_ref(volume: Tensor, sigma: float | Tensor, kernel_size: int) -> Tenso
     return x
 
 
+def blur_occupancy_ref(
+    volume: Tensor, sigma: float | Tensor, kernel_size: int, scale: Tensor | None = None
+) -> Tensor:
+    """Reference of :func:`kernels.blur_occupancy` (the renderer's smoothing step, TF
+    ``pointcloud_project_fast``): ``clamp(scale * blur3d(clamp(volume, 0, 1)), 0, 1)``
+    for ``volume`` ``[B, C, D, H, W]`` and ``scale`` ``[B]`` (None = 1)."""
+    occ = blur3d_ref(volume.clamp(0.0, 1.0), sigma, kernel_size)
+    if scale is not None:
+        occ = occ * scale.to(occ.dtype).view(-1, 1, 1, 1, 1)
+    return occ.clamp(0.0, 1.0)
+
+
 class RayProjection(NamedTuple):
     """Outputs of the ray-termination projection."""
 

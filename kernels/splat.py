@@ -18,9 +18,9 @@ from kernels._utils import (
     launch_block,
     new_output,
     next_pow2,
-    triton_dtype_ok,
-    use_triton,
+    select_backend,
 )
+from kernels import cpu
 from kernels.reference import splat_points_ref
 
 if has_triton():
@@ -326,12 +326,13 @@ def splat_points(
             )
         if features.dtype != points.dtype:
             raise ValueError(f"features dtype {features.dtype} != points dtype {points.dtype}")
-    if use_triton(backend, points, features) and (backend == "triton" or triton_dtype_ok(points)):
-        if not triton_dtype_ok(points):
-            raise ValueError(f"backend='triton' needs float32/float64 points, got {points.dtype}")
+    path = select_backend(backend, points, features)
+    if path == "triton":
         pts = points.contiguous()
         if features is None:
             return SplatPoints.apply(pts, None, size), None
         occ, feat = SplatPoints.apply(pts, features.contiguous(), size)
         return occ, feat
+    if path == "cpu":
+        return cpu.splat_points_cpu(points, size, features)
     return splat_points_ref(points, size, features)

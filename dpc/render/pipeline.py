@@ -30,7 +30,7 @@ class RenderSettings:
     background: float = 1.0  # colour of escaping rays (white)
     projection: Literal["drc", "max"] = "drc"  # ray termination, or PTN max baseline
     normalize_colors: bool = True  # divide the colour volume by the smoothed occupancy
-    backend: Literal["auto", "reference", "triton"] = "auto"
+    backend: Literal["auto", "reference", "triton", "cpu"] = "auto"
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -105,9 +105,8 @@ class PointCloudRenderer(nn.Module):
             points, colors = point_dropout(points, keep_fraction, colors, generator)
         grid_pts = world_to_grid(points, quat, translation, s.camera_distance, s.focal_length)
         occ, feat = kernels.splat_points(grid_pts, s.size, colors, backend=s.backend)
-        if feat is None and s.backend != "reference":
-            # clip -> blur -> scale -> clip as one fused op on the Triton path (its
-            # reference path is the same composition as the branch below).
+        if feat is None:
+            # clip -> blur -> scale -> clip as one fused op (kernels.blur_occupancy).
             occ = kernels.blur_occupancy(occ, sigma, s.kernel_size, scale, backend=s.backend)
         else:
             occ = occ.clamp(0.0, 1.0)

@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
     # kernel tests cannot run at all: skip them with the reason. With triton but no
     # CUDA, tests/conftest.py has switched the interpreter on before `kernels` was
     # imported; if something imported `kernels` even earlier, the tests fail loudly
-    # (use_triton raises "needs CUDA tensors"), which is what we want.
+    # (select_backend raises "needs CUDA tensors"), which is what we want.
     if HAS_CUDA or kutils.has_triton():
         return
     skip = pytest.mark.skip(reason="triton is not installed")
