@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels import cpu
 from kernels._utils import (
     Backend,
     check_kernel,
@@ -24,7 +25,6 @@ from kernels._utils import (
     new_output,
     select_backend,
 )
-from kernels import cpu
 from kernels.reference import blur3d_ref, blur_occupancy_ref, gaussian_kernel1d
 
 # Epilogue / prologue modes of one pass (constexpr switches of the kernel).

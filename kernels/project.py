@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels import cpu
 from kernels._utils import (
     Backend,
     check_tensor,
@@ -33,7 +34,6 @@ from kernels._utils import (
     next_pow2,
     select_backend,
 )
-from kernels import cpu
 from kernels.reference import RayProjection, max_project_ref, ray_project_ref
 
 if has_triton():

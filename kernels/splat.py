@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels import cpu
 from kernels._utils import (
     Backend,
     check_size,
@@ -20,7 +21,6 @@ from kernels._utils import (
     next_pow2,
     select_backend,
 )
-from kernels import cpu
 from kernels.reference import splat_points_ref
 
 if has_triton():
