@@ -108,15 +108,3 @@ def l2_weight_decay(model: nn.Module, weight_decay: float) -> Tensor | float:
 def decay_parameters(model: nn.Module) -> list[Tensor]:
     """The parameters weight decay applies to: weight matrices and conv kernels."""
     return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]
-
-
-@torch.no_grad()
-def add_weight_decay_grad(params: list[Tensor], weight_decay: float) -> None:
-    """Add the gradient of :func:`l2_weight_decay` (``weight_decay * w``) to ``w.grad`` in
-    place: the same update as putting the L2 term in the loss, without its forward and
-    backward passes over every weight each step (~8% of a car_quick step on CPU). Call
-    after backward (and after DDP's gradient averaging), before the optimiser step."""
-    if weight_decay == 0:
-        return
-    ps = [p for p in params if p.grad is not None]
-    torch._foreach_add_([p.grad for p in ps], ps, alpha=weight_decay)

@@ -13,6 +13,7 @@ and ``<out>/<object_id>.html``: an interactive 3D plot (plotly; predicted cloud,
 ground truth as a second, toggleable trace). For runs that predict poses the predicted
 cloud is shown in the ground-truth frame when ``<run_dir>/eval/alignment.json`` exists
 (written by ``python -m dpc.evaluate``), else in the model's own frame (said in the title).
+Options: ``configs/visualize.yaml`` (``python -m dpc.visualize --help``).
 """
 
 from __future__ import annotations
@@ -22,29 +23,21 @@ import sys
 import warnings
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
-from dpc.camera import resize_masks, view_quat
+from dpc.camera import view_quat
+from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
-from dpc.eval.predict import prepare_images
-from dpc.render import PointCloudRenderer, RenderSettings
-
-DEFAULTS = {
-    "run_dir": None,  # trained run directory [required]
-    "split": "test",
-    "objects": [0, 1, 2],  # object indices within the split
-    "view": 0,  # which view is the input image
-    "out": None,  # output folder, default <run_dir>/vis/<split>
-    "device": "auto",
-    "data_path": None,  # dataset folder overriding the run's config
-    "cell": 128,  # pixel size of each panel cell
-    "render_size": 96,  # grid of the point-cloud renders
-    "html": True,  # write the interactive plotly HTML
-}
+from dpc.eval.score import load_gt
+from dpc.render import PointCloudRenderer, RenderSettings, build_renderer, final_sigma
+from dpc.training.checkpoint import find_checkpoint, load_run
+from dpc.training.config import CONFIGS, compose_options
+from dpc.training.distributed import resolve_device
 
 # (azimuth, elevation) in degrees of the fixed viewpoints of rows 2 and 3
 VIEWPOINTS = [(30.0, 20.0), (120.0, 20.0), (210.0, 20.0), (300.0, 60.0)]
@@ -157,23 +150,22 @@ def write_html(path: Path, pred: np.ndarray, gt: np.ndarray | None, title: str) 
     return path
 
 
-@torch.no_grad()
-def visualize(**kwargs) -> list[Path]:
-    """Write the PNGs (and HTMLs) described in the module docstring; returns the PNG paths."""
-    from dpc.evaluate import final_sigma, load_gt, open_reader, renderer_from_cfg, resolve_device
-    from dpc.training.checkpoint import find_checkpoint, load_run
+def visualize(**options) -> list[Path]:
+    """Python entry point: :func:`run` with ``options`` (the names of
+    ``configs/visualize.yaml``) replacing the defaults."""
+    return run(compose_options("visualize", **options))
 
-    unknown = set(kwargs) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    o = OmegaConf.create({**DEFAULTS, **kwargs})
+
+@torch.no_grad()
+def run(o: DictConfig) -> list[Path]:
+    """Write the PNGs (and HTMLs) described in the module docstring; returns the PNG paths."""
     if not o.run_dir:
         raise ValueError("run_dir is required: python -m dpc.visualize run_dir=<dir> objects=[0,1]")
     run_dir = Path(str(o.run_dir))
     find_checkpoint(run_dir)
     device = resolve_device(str(o.device))
     model, cfg = load_run(run_dir, device)
-    reader = open_reader(cfg, o.data_path, run_dir)
+    reader = open_run_data(cfg, o.data_path, run_dir)
     split = str(o.split)
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
@@ -188,7 +180,7 @@ def visualize(**kwargs) -> list[Path]:
     gt_all = load_gt(reader, split, False)
     out = Path(str(o.out)) if o.out else run_dir / "vis" / split
     out.mkdir(parents=True, exist_ok=True)
-    renderer = renderer_from_cfg(cfg)
+    renderer = build_renderer(cfg)
     sigma = final_sigma(cfg)
     G = renderer.settings.vox_size
     q_al, frame = None, "GT frame"
@@ -205,7 +197,7 @@ def visualize(**kwargs) -> list[Path]:
         x = prepare_images(images[i : i + 1, v], int(cfg.data.image_size)).to(device)
         pred = model(x)
         pts = pred.points[:1].float()
-        m_gt = resize_masks(torch.from_numpy(np.array(masks[i : i + 1, v])).float() / 255, G)[0]
+        m_gt = prepare_masks(masks[i : i + 1, v], G)[0]
         row1 = [(np.asarray(images[i, v]), f"input view {v}"), (1 - m_gt.numpy(), "GT mask")]
         if pred.pose_candidates is not None:
             qs = [
@@ -243,10 +235,17 @@ def visualize(**kwargs) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    from dpc.evaluate import parse_cli
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="visualize")
+def _app(opts: DictConfig) -> None:
+    run(opts)
 
-    visualize(**parse_cli(sys.argv[1:] if argv is None else argv))
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dpc.visualize [key=value ...]`` (``argv``: the overrides, default the
+    command line)."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    _app()
 
 
 if __name__ == "__main__":

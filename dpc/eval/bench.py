@@ -15,14 +15,13 @@ import time
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from dpc.camera import random_quat
+from dpc.data import ArrayDataset
 from dpc.eval.alignment import estimate_global_alignment
 from dpc.eval.predict import predict_split
-from dpc.evaluate import DEFAULTS, score
+from dpc.eval.score import score
 from dpc.models import DPCModel
-from dpc.training.data import ArrayDataset
 
 
 def main(argv=None) -> None:
@@ -48,9 +47,8 @@ def main(argv=None) -> None:
     print(f"predict {n * V} views: {time.perf_counter() - t:.1f} s")
     gt = reader.gt_points("test")
     p.points = (gt[:, None] + rng.normal(0, 0.01, (n, V, 8000, 3))).astype(np.float32)
-    opts = OmegaConf.create({**DEFAULTS, "progress": False})
     t = time.perf_counter()
-    score(p, gt, reader.quats("test"), None, opts)
+    score(p, gt, reader.quats("test"), None)
     print(f"score {n * V} views (Chamfer 8000 x 8000 both ways): {time.perf_counter() - t:.1f} s")
     gv = reader.gt_points("val")
     pv = (gv[:, None] + rng.normal(0, 0.01, (n_val, V, 8000, 3))).astype(np.float32)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from dpc.data import prepare_images, prepare_masks
 
 
 @dataclass
@@ -88,22 +89,9 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     return path
 
 
-def prepare_images(images_u8: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 ``[B, S, S, 3]`` -> float ``[B, 3, s, s]`` in [0, 1], resized as in training
-    (antialiased bilinear, :class:`dpc.training.data.BatchSampler`)."""
-    img = torch.from_numpy(np.array(images_u8)).permute(0, 3, 1, 2).float() / 255.0
-    if img.shape[-1] != image_size:
-        img = F.interpolate(
-            img, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        )
-    return img
-
-
 def _best_candidate(model_out, masks_u8, renderer, sigma) -> torch.Tensor:
     """Per view, the candidate pose whose rendered silhouette is closest (L2) to the input
     view's own mask. Returns ``[B, 4]``."""
-    from dpc.camera import resize_masks
-
     pts, cands = model_out.points, model_out.pose_candidates  # [B, N, 3], [B, M, 4]
     B, M = cands.shape[:2]
     G = renderer.settings.vox_size
@@ -113,8 +101,7 @@ def _best_candidate(model_out, masks_u8, renderer, sigma) -> torch.Tensor:
         sigma=sigma,
         scale=model_out.scale.repeat_interleave(M, 0),
     ).silhouette.view(B, M, G, G)
-    m = torch.from_numpy(np.ascontiguousarray(masks_u8)).float().to(pts.device) / 255
-    m = resize_masks(m, G)
+    m = prepare_masks(masks_u8, G).to(pts.device)
     err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)  # [B, M]
     return cands[torch.arange(B), err.argmin(1)]
 

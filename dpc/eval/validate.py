@@ -1,20 +1,27 @@
-"""Validation during training: the evaluation metrics on a fixed subset of a split.
+"""Validation: the one function training (every ``val.every`` steps) and evaluation use.
 
-``validate(model, reader)`` predicts a cloud (and pose) from every view of the first
-``max_objects`` objects of ``split`` and returns scalar metrics keyed ``val/<name>``
-(ready for ``wandb.log``) plus the predicted clouds of the first view of a few objects
-under ``"clouds"`` (:func:`wandb_payload` turns those into ``wandb.Object3D``):
+``validate(model, reader, cfg, device)`` scores the first ``val.num_objects`` objects of a
+split and returns unprefixed scalars (training logs them as ``val/<name>``):
 
-* ``val/precision``, ``val/coverage``, ``val/chamfer`` (x100, SPEC section 6);
-* for runs that predict poses: ``val/pose_accuracy`` (fraction < 30 degrees),
-  ``val/pose_median_deg``, and ``val/alignment_deg`` (angle of the global alignment
-  rotation, for watching the frame drift). Unless an ``alignment`` is given, it is
-  *fitted on the same validation subset* (ICP + Markley, as :mod:`dpc.eval.alignment`),
-  which is slightly optimistic compared with ``python -m dpc.evaluate`` (alignment on
-  val, scores on test) but tracks progress the same way.
+* ``projection_loss``: the training projection loss (per view, half sum of squares) on
+  ``val.views`` fixed views per object, at a fixed sigma (``val.sigma``, default the final
+  training sigma) and without point dropout, so values compare across steps and runs.
+  Camera supervision renders with the ground-truth poses; pose-predicting runs take, per
+  view, the best of the predicted candidates (the training objective).
+* unless ``val.eval_metrics=false``, the evaluation metrics from a cloud (and pose)
+  predicted from every view (docs/CONTRACTS.md, "Evaluation"): ``precision``,
+  ``coverage``, ``chamfer`` (x100, SPEC section 6), ``num_views`` (``nan_views`` when some
+  were skipped), and for pose-predicting runs ``pose_accuracy`` (fraction < 30 degrees),
+  ``pose_median_deg`` and ``alignment_deg`` (angle of the global alignment rotation, for
+  watching the frame drift). Unless an ``alignment`` is given, it is *fitted on the same
+  subset* (:func:`fit_alignment`), slightly optimistic compared with
+  ``python -m dpc.evaluate`` (alignment on val, scores on test) but tracking progress the
+  same way.
 
-Costs on 2 CPU cores (16 objects x 5 views, 8000 points): seconds; ICP for unsupervised
-runs adds about 1-3 s.
+Also returned: ``clouds`` ``[c, N, 3]`` (first view of the first objects, in the
+ground-truth frame when aligned) and ``gt_clouds`` ``[c, P, 3]``, for
+:func:`wandb_payload`. Costs on 2 CPU cores (16 objects x 5 views, 8000 points): seconds;
+ICP for pose-predicting runs adds about 1-3 s.
 """
 
 from __future__ import annotations
@@ -26,65 +33,117 @@ import numpy as np
 import torch
 
 from dpc.camera import quat_angle
+from dpc.data import build_batch_sampler
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
-from dpc.eval.predict import predict_split
+from dpc.eval.predict import Predictions, predict_split
+from dpc.losses import per_view_l2
+from dpc.render import build_renderer, final_sigma
 
 
 @torch.no_grad()
 def validate(
     model,
     reader,
-    split: str = "val",
-    max_objects: int = 16,
+    cfg,
     device="cpu",
-    image_size: int | None = None,
+    split: str = "val",
     alignment: AlignmentResult | torch.Tensor | None | str = "fit",
     num_clouds: int = 4,
-    gt_dense: bool = False,
-    renderer=None,
-    sigma: float = 1.0,
 ) -> dict:
-    """Evaluation metrics of ``model`` on the first ``max_objects`` objects of ``split``.
+    """Validation scalars of ``model`` (see the module docstring).
 
     Args:
         model: a ``DPCModel`` (its train/eval mode is restored afterwards).
         reader: a dataset reader (docs/CONTRACTS.md, "Datasets").
-        image_size: network input size; default ``model.encoder.image_size``.
-        alignment: for runs predicting poses: ``"fit"`` (estimate on this subset), a saved
-            :class:`AlignmentResult` or quaternion ``[4]``, or None (skip shape metrics
-            for such runs, since their frame is arbitrary; pose metrics unaligned).
-        num_clouds: predicted clouds returned (first view of the first objects).
-        renderer, sigma: only to choose among several pose candidates without a student.
-
-    Returns:
-        dict with float metrics ``val/...`` (see module docstring), ``val/num_views``,
-        and ``clouds``: float32 ``[num_clouds, N, 3]`` (aligned to the GT frame when an
-        alignment is used), ``gt_clouds`` ``[num_clouds, P, 3]``.
+        cfg: the run's training config (``val``, ``render``, ``data``, ``model``, ``seed``).
+        alignment: for pose-predicting runs: ``"fit"`` (estimate on this subset), a saved
+            :class:`AlignmentResult` or quaternion ``[4]``, or None (no shape metrics for
+            such runs, since their frame is arbitrary; pose metrics unaligned).
+        num_clouds: predicted clouds returned.
     """
-    if image_size is None:
-        image_size = int(model.encoder.image_size)
-    preds = predict_split(
-        model,
-        reader,
-        split,
-        image_size,
-        device,
-        max_objects=max_objects,
-        renderer=renderer,
-        sigma=sigma,
-        progress=False,
+    v = cfg.val
+    renderer = build_renderer(cfg)
+    sigma = float(v.sigma) if v.sigma is not None else final_sigma(cfg)
+    # fixed views per object: those of "step" i of a dedicated sampler, object i
+    views = min(int(v.views), reader.num_views)
+    sampler = build_batch_sampler(
+        cfg, reader, split, 1, views, int(cfg.seed) + 12345, with_targets=False
     )
+    n = min(int(v.num_objects), sampler.n)
+    was_training = model.training
+    model.eval()
+    try:
+        res: dict = {
+            "projection_loss": _projection_loss(model, sampler, n, renderer, sigma, cfg, device)
+        }
+        if v.eval_metrics:
+            preds = predict_split(
+                model,
+                reader,
+                split,
+                int(cfg.data.image_size),
+                device,
+                max_objects=n,
+                renderer=renderer,
+                sigma=sigma,
+                progress=False,
+            )
+            res.update(_metrics(preds, reader, split, alignment, num_clouds))
+    finally:
+        if was_training:
+            model.train()
+    return res
+
+
+def _projection_loss(model, sampler, n: int, renderer, sigma: float, cfg, device) -> float:
+    """Mean over objects ``0..n-1`` of the per-view projection loss (best candidate per
+    view), on the views of "step" i of ``sampler`` for object i."""
+    G = renderer.settings.vox_size
+    losses = []
+    for i in range(n):
+        b = sampler.views_of(i, sampler.indices(i)[1][0])
+        images, masks = b["image"].to(device), b["mask"].to(device)  # [K,3,S,S], [K,G,G]
+        K = masks.shape[0]
+        if cfg.model.predict_pose:
+            out = model(images, shape_index=torch.zeros(1, dtype=torch.long, device=device))
+            q = out.pose_candidates  # [K, M, 4]
+        else:
+            out = model(images[:1])
+            q = b["quat"].to(device)[:, None]
+        M = q.shape[1]
+        pts = out.points.expand(K * M, -1, -1)
+        sil = renderer(
+            pts, q.reshape(K * M, 4), sigma=sigma, scale=out.scale.expand(K * M)
+        ).silhouette
+        per = per_view_l2(sil.view(K, M, G, G), masks[:, None])  # [K, M]
+        losses.append(per.min(dim=1).values.mean().item())
+    return float(np.mean(losses))
+
+
+def fit_alignment(
+    points: np.ndarray, quat: np.ndarray, gt: np.ndarray, q_gt: np.ndarray
+) -> AlignmentResult:
+    """The global alignment of predictions ``points [n, V, N, 3]``, ``quat [n, V, 4]`` to
+    the ground truth ``gt [n, P, 3]``, ``q_gt [n, V, 4]`` (all finite): validation's one
+    alignment call."""
+    with warnings.catch_warnings():  # fewer than 15 objects is expected here
+        warnings.simplefilter("ignore")
+        return estimate_global_alignment(points, quat, gt, q_gt, num_objects=min(15, len(points)))
+
+
+def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int) -> dict:
+    """Shape (and pose) metrics of ``preds``, with the predicted clouds for wandb."""
     n = preds.points.shape[0]
-    gt = np.asarray(reader.gt_points(split, dense=gt_dense))[:n].astype(np.float32)
+    gt = np.asarray(reader.gt_points(split))[:n].astype(np.float32)
     q_gt = np.asarray(reader.quats(split))[:n]
     finite = np.isfinite(preds.points).reshape(n, preds.points.shape[1], -1).all(-1)
     res: dict = {}
     if not finite.all():
         warnings.warn(
-            f"validate: {int((~finite).sum())} views with NaN points skipped", stacklevel=2
+            f"validate: {int((~finite).sum())} views with NaN points skipped", stacklevel=3
         )
-        res["val/nan_views"] = float((~finite).sum())
+        res["nan_views"] = float((~finite).sum())
     q_al = None
     if preds.predicts_pose:
         if isinstance(alignment, str):
@@ -94,16 +153,7 @@ def validate(
                 )
             ok = finite.all(1)
             if ok.any():
-                with warnings.catch_warnings():  # fewer than 15 objects is expected here
-                    warnings.simplefilter("ignore")
-                    al = estimate_global_alignment(
-                        preds.points[ok],
-                        preds.quat[ok],
-                        gt[ok],
-                        q_gt[ok],
-                        num_objects=min(15, int(ok.sum())),
-                    )
-                q_al = al.tensor()
+                q_al = fit_alignment(preds.points[ok], preds.quat[ok], gt[ok], q_gt[ok]).tensor()
         elif isinstance(alignment, AlignmentResult):
             q_al = alignment.tensor()
         elif alignment is not None:
@@ -111,11 +161,11 @@ def validate(
         # q_gt may be a read-only memmap slice: copy rather than share it with torch
         err = pose_errors_deg(torch.from_numpy(preds.quat), torch.tensor(np.asarray(q_gt)), q_al)
         s = pose_summary(err.numpy())
-        res["val/pose_accuracy"] = s["accuracy"]
-        res["val/pose_median_deg"] = s["median_deg"]
+        res["pose_accuracy"] = s["accuracy"]
+        res["pose_median_deg"] = s["median_deg"]
         if q_al is not None:
             ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
-            res["val/alignment_deg"] = math.degrees(float(quat_angle(ident, q_al)))
+            res["alignment_deg"] = math.degrees(float(quat_angle(ident, q_al)))
     clouds = []
     if not preds.predicts_pose or q_al is not None:
         prec, cov = [], []
@@ -132,10 +182,10 @@ def validate(
             if len(clouds) < num_clouds:
                 clouds.append(p[0].numpy())
         if prec:
-            res["val/precision"] = 100 * float(np.mean(prec))
-            res["val/coverage"] = 100 * float(np.mean(cov))
-            res["val/chamfer"] = res["val/precision"] + res["val/coverage"]
-    res["val/num_views"] = float(finite.sum())
+            res["precision"] = 100 * float(np.mean(prec))
+            res["coverage"] = 100 * float(np.mean(cov))
+            res["chamfer"] = res["precision"] + res["coverage"]
+    res["num_views"] = float(finite.sum())
     res["clouds"] = (
         np.stack(clouds) if clouds else np.zeros((0, preds.points.shape[2], 3), np.float32)
     )
@@ -143,13 +193,20 @@ def validate(
     return res
 
 
-def wandb_payload(result: dict, wandb_module=None, max_points: int = 4000) -> dict:
-    """``validate``'s result as a ``wandb.log`` dict: the scalars, plus each returned cloud
-    as ``val/cloud_<i>`` ``wandb.Object3D`` (prediction in red next to the GT in grey,
-    shifted by +1 along x), subsampled to ``max_points`` points each."""
+def scalars(result: dict) -> dict[str, float]:
+    """The scalar entries of :func:`validate`'s result."""
+    return {k: float(x) for k, x in result.items() if isinstance(x, (int, float))}
+
+
+def wandb_payload(
+    result: dict, wandb_module=None, max_points: int = 4000, prefix: str = "val"
+) -> dict:
+    """:func:`validate`'s result as a ``wandb.log`` dict: the scalars as ``<prefix>/<name>``
+    and each returned cloud as ``<prefix>/cloud_<i>`` ``wandb.Object3D`` (prediction in
+    red next to the GT in grey, shifted by +1 along x), subsampled to ``max_points``."""
     if wandb_module is None:
         import wandb as wandb_module
-    out = {k: v for k, v in result.items() if k.startswith("val/")}
+    out = {f"{prefix}/{k}": x for k, x in scalars(result).items()}
     rng = np.random.default_rng(0)
     for i, cloud in enumerate(result.get("clouds", [])):
         gt = result["gt_clouds"][i]
@@ -159,5 +216,5 @@ def wandb_payload(result: dict, wandb_module=None, max_points: int = 4000) -> di
             [np.tile([230, 60, 50], (len(p), 1)), np.tile([150, 150, 150], (len(g), 1))]
         )
         pts = np.concatenate([np.concatenate([p, g]), rgb], 1)
-        out[f"val/cloud_{i}"] = wandb_module.Object3D(pts)
+        out[f"{prefix}/cloud_{i}"] = wandb_module.Object3D(pts)
     return out

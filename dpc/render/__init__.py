@@ -1,5 +1,19 @@
 """Differentiable point-cloud rendering."""
 
-from dpc.render.pipeline import PointCloudRenderer, RenderOutput, RenderSettings, point_dropout
+from dpc.render.pipeline import (
+    PointCloudRenderer,
+    RenderOutput,
+    RenderSettings,
+    build_renderer,
+    final_sigma,
+    point_dropout,
+)
 
-__all__ = ["PointCloudRenderer", "RenderOutput", "RenderSettings", "point_dropout"]
+__all__ = [
+    "PointCloudRenderer",
+    "RenderOutput",
+    "RenderSettings",
+    "build_renderer",
+    "final_sigma",
+    "point_dropout",
+]

@@ -36,6 +36,31 @@ class RenderSettings:
     def size(self) -> tuple[int, int, int]:
         return (self.vox_size_z or self.vox_size, self.vox_size, self.vox_size)
 
+    @classmethod
+    def from_cfg(cls, cfg) -> RenderSettings:
+        """The settings of a training config's ``render`` group (the full config or the
+        group itself); configs of older runs without ``projection``/``backend`` get the
+        defaults."""
+        r = cfg.render if "render" in cfg else cfg
+        return cls(
+            vox_size=int(r.vox_size),
+            kernel_size=int(r.pc_gauss_kernel_size),
+            projection=str(r.get("projection", "drc")),
+            backend=str(r.get("backend", "auto")),
+        )
+
+
+def build_renderer(cfg) -> PointCloudRenderer:
+    """The renderer of a training config (see :meth:`RenderSettings.from_cfg`): the one
+    place training, validation, evaluation and previews build it from a config."""
+    return PointCloudRenderer(RenderSettings.from_cfg(cfg))
+
+
+def final_sigma(cfg) -> float:
+    """The blur std (cells) at the end of training, ``render.pc_relative_sigma_end``: what
+    validation, evaluation and pictures render trained clouds with."""
+    return float(cfg.render.get("pc_relative_sigma_end", 0.2) or 0.2)
+
 
 class RenderOutput(NamedTuple):
     silhouette: Tensor  # [B, G, G]

@@ -16,10 +16,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from dpc.losses import add_weight_decay_grad, decay_parameters
+from dpc.data import batch_iterator, build_batch_sampler, open_training_data
 from dpc.models import build_model
-from dpc.render import PointCloudRenderer, RenderSettings
-from dpc.training.data import BatchSampler, batch_iterator, open_training_data
+from dpc.render import build_renderer
+from dpc.training.optim import build_optimizer
 from dpc.training.step import compute_step
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
@@ -39,33 +39,21 @@ def time_variant(
     """Median step time (ms) and median time waiting for the batch (ms)."""
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
-    dps = decay_parameters(model)
+    with open_dict(cfg):
+        cfg.optim.fused = fused
+    opt = build_optimizer(cfg, model)
     fwd = torch.compile(model) if compile_ else model
-    r = PointCloudRenderer(
-        RenderSettings(
-            vox_size=int(cfg.render.vox_size), kernel_size=int(cfg.render.pc_gauss_kernel_size)
-        )
-    )
+    r = build_renderer(cfg)
     B = int(cfg.trainer.batch_size)
-    s = BatchSampler(
-        reader,
-        "train",
-        B,
-        int(cfg.data.views_per_item),
-        int(cfg.data.image_size),
-        int(cfg.render.vox_size),
-        0,
-    )
+    s = build_batch_sampler(cfg, reader, "train", seed=0)
     it = batch_iterator(s, 0, steps + warmup, workers)
     times, waits = [], []
     for step in range(steps + warmup):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in next(it).items()}
         t1 = time.perf_counter()
-        out = compute_step(fwd, model, r, batch, cfg, step, 1.0, 0.5, slice(0, B), amp=amp)
+        out = compute_step(fwd, r, batch, cfg, step, 1.0, 0.5, slice(0, B), amp=amp)
         out.loss.backward()
-        add_weight_decay_grad(dps, 1e-3)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":

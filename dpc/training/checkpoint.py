@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,40 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
+
+
+def restore_checkpoint(path: str | Path, model, optimizer) -> int:
+    """Load a training checkpoint into ``model`` and ``optimizer`` and restore the RNG
+    states; returns the step to continue from."""
+    ck = load_checkpoint(path, map_location="cpu")
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"])
+    return int(ck["step"])
+
+
+def resolve_run_dir(cfg) -> tuple[Path, Path | None]:
+    """Run directory and, when resuming, the checkpoint to resume from.
+
+    ``resume=false``: ``paths.run_dir``. ``resume=true``: the newest run directory of this
+    experiment (under ``paths.output_root/<name>``) with a checkpoint, else a fresh start
+    in ``paths.run_dir``. ``resume=<dir>``: that run directory (must have a checkpoint).
+    """
+    resume = cfg.resume
+    if resume in (None, False, "false", "False"):
+        return Path(str(cfg.paths.run_dir)), None
+    if resume in (True, "true", "True"):
+        base = Path(str(cfg.paths.output_root)) / str(cfg.name)
+        cands = sorted(
+            (p.parent.parent for p in base.glob("*/checkpoints/last.pt")),
+            key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime,
+        )
+        if not cands:
+            print(
+                f"[dpc.train] resume=true: no checkpoint under {base}; starting fresh",
+                file=sys.stderr,
+            )
+            return Path(str(cfg.paths.run_dir)), None
+        return cands[-1], cands[-1] / "checkpoints" / "last.pt"
+    run_dir = Path(str(resume))
+    return run_dir, find_checkpoint(run_dir)

@@ -77,27 +77,18 @@ def preview_run(
     device: str = "cpu",
 ) -> Path:
     """Write the preview PNG of a run (default ``<run_dir>/preview.png``); returns its path."""
-    from dpc.render import PointCloudRenderer, RenderSettings
+    from dpc.data import build_batch_sampler, open_training_data, prepare_images
+    from dpc.render import build_renderer
     from dpc.training.checkpoint import load_run
-    from dpc.training.data import BatchSampler, open_training_data
 
     model, cfg = load_run(run_dir, device)
     reader = open_training_data(cfg)
-    G = int(cfg.render.vox_size)
-    s = BatchSampler(reader, split, 1, 1, int(cfg.data.image_size), G, int(cfg.seed))
+    s = build_batch_sampler(cfg, reader, split, 1, 1, with_targets=False)
     n = min(n, s.n)
-    renderer = PointCloudRenderer(
-        RenderSettings(vox_size=G, kernel_size=int(cfg.render.pc_gauss_kernel_size))
-    )
+    renderer = build_renderer(cfg)
     rows = []
     for i in range(n):
-        img = (
-            torch.from_numpy(np.ascontiguousarray(s.images[i, :1])).permute(0, 3, 1, 2).float()
-            / 255
-        )
-        img = torch.nn.functional.interpolate(
-            img, size=(s.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
-        )
+        img = prepare_images(s.images[i, :1], s.image_size)
         o = model(img.to(device))
         q = torch.from_numpy(np.ascontiguousarray(s.quats[i, :1])).float().to(device)
         if o.pose_student is not None:

@@ -45,7 +45,6 @@ def dropout_indices(
 
 def compute_step(
     model: nn.Module,  # DPCModel, or its DDP / compiled wrapper
-    raw_model: nn.Module,  # the DPCModel itself (for weight decay)
     renderer: PointCloudRenderer,
     batch: dict[str, Tensor],
     cfg,
@@ -153,10 +152,8 @@ def compute_step(
         st = student_loss(out.pose_student.float().view(b, K, 4), teacher)
         terms["student_loss"] = st
         loss = loss + lc.pose_student_align_loss * st
-    # Weight decay is not in this loss: its gradient is added to the weights' gradients
-    # by the loop (dpc.losses.add_weight_decay_grad), its value logged at log steps.
-    if cfg.trainer.debug_nan_steps and step in cfg.trainer.debug_nan_steps:
-        loss = loss * float("nan")  # test aid: exercises the non-finite guard
+    # Weight decay is not in this loss: the optimiser adds its gradient (parameter groups,
+    # dpc.training.optim), the loop logs its value at log steps.
     terms["data_loss"] = loss
     return StepOutput(
         loss,

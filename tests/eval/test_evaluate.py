@@ -9,18 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from dpc.camera import quat_conj, quat_from_axis_angle, quat_mul, quat_rotate, random_quat
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.predict import Predictions, write_ply
-from dpc.evaluate import DEFAULTS, evaluate, score
+from dpc.eval.score import score
+from dpc.evaluate import evaluate
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
-
-
-def _opts(**kw):
-    return OmegaConf.create({**DEFAULTS, "progress": False, **kw})
 
 
 def _scene(n_obj=3, V=4, N=800, seed=0):
@@ -49,12 +45,12 @@ def test_score_perfect_prediction_in_rotated_frame():
         split="test",
     )
     al = AlignmentResult(quat=q_a.tolist())
-    res = score(preds, gt, q_gt.float().numpy(), al, _opts())
+    res = score(preds, gt, q_gt.float().numpy(), al)
     assert res["precision"] < 1e-4 and res["coverage"] < 1e-4
     assert res["pose"]["accuracy"] == 1.0 and res["pose"]["median_deg"] < 0.05
     assert res["num_scored_views"] == n_obj * V
     # without the alignment the same predictions score badly
-    res0 = score(preds, gt, q_gt.float().numpy(), AlignmentResult(quat=[1.0, 0, 0, 0]), _opts())
+    res0 = score(preds, gt, q_gt.float().numpy(), AlignmentResult(quat=[1.0, 0, 0, 0]))
     assert res0["precision"] > 1.0 and res0["pose"]["median_deg"] > 50
 
 
@@ -71,7 +67,7 @@ def test_score_shift_gives_t():
         object_ids=["a"],
         split="test",
     )
-    res = score(preds, grid, np.zeros((1, 1, 4)), None, _opts())
+    res = score(preds, grid, np.zeros((1, 1, 4)), None)
     assert res["precision"] == pytest.approx(100 * t, rel=1e-4)
     assert res["coverage"] == pytest.approx(100 * t, rel=1e-4)
     assert "pose" not in res
@@ -86,7 +82,7 @@ def test_score_diagnostics_separate_stray_points():
     k = 30
     pred[0, :k, 2] = 0.5  # straight above the grid's top face (z = 0.2) at grid (x, y)
     preds = Predictions(pred[:, None], np.ones((1, 1)), None, None, ["a"], "test")
-    res = score(preds, grid, np.zeros((1, 1, 4)), None, _opts())
+    res = score(preds, grid, np.zeros((1, 1, 4)), None)
     d = res["diagnostics"]
     assert d["far_fraction"] == pytest.approx(k / 1000)
     assert d["precision_near95"] == pytest.approx(0.0, abs=1e-5)
@@ -114,14 +110,14 @@ def test_score_silhouette_diagnostic_counts_points_outside_a_mask():
     pred[0, :k, 1] = 0.45  # y up: far above the top row of the silhouette
     pred[0, k, 0] = 0.45  # along the viewing ray (x): far from the GT, still inside
     preds = Predictions(pred[:, None], np.ones((1, 1)), None, None, ["a"], "test")
-    res = score(preds, grid, q[None].numpy(), None, _opts(), masks=mask, cell_px=2.0)
+    res = score(preds, grid, q[None].numpy(), None, masks=mask, cell_px=2.0)
     d = res["diagnostics"]
     assert d["outside_fraction"] == pytest.approx(k / 1000)
     assert d["far_fraction"] == pytest.approx((k + 1) / 1000)
     assert d["far_outside_fraction"] == pytest.approx(k / 1000)
     assert res["per_object"][0]["outside_fraction"] == [pytest.approx(k / 1000)]
     # without masks the diagnostic is absent, the rest unchanged
-    res0 = score(preds, grid, q[None].numpy(), None, _opts())
+    res0 = score(preds, grid, q[None].numpy(), None)
     assert "outside_fraction" not in res0["diagnostics"]
     assert res0["precision"] == pytest.approx(res["precision"])
 
@@ -134,21 +130,21 @@ def test_score_skips_nan_views_and_missing_gt_with_counts():
     gt_missing[2] = 0.0  # object 2 has no ground truth (zero-filled row)
     preds = Predictions(pts, np.ones((3, 2)), None, None, ["a", "b", "c"], "test")
     with pytest.warns(UserWarning) as rec:
-        res = score(preds, gt_missing, q_gt.numpy(), None, _opts())
+        res = score(preds, gt_missing, q_gt.numpy(), None)
     msgs = " ".join(str(r.message) for r in rec)
     assert "NaN" in msgs and "without usable ground truth" in msgs
     assert res["num_scored_views"] == 3  # 6 views - 1 NaN view - 2 views of object c
     assert res["skipped"]["objects_without_gt"] == ["c"]
     assert res["skipped"]["views_with_nan_points"] == [["a", 1]]
     with pytest.raises(ValueError, match="NaN"):
-        score(preds, gt, q_gt.numpy(), None, _opts(strict=True))
+        score(preds, gt, q_gt.numpy(), None, strict=True)
     with pytest.raises(ValueError, match="ground truth"):
         score(
             Predictions(gt[:, None], np.ones((3, 1)), None, None, ["a", "b", "c"], "t"),
             gt_missing,
             q_gt.numpy(),
             None,
-            _opts(strict=True),
+            strict=True,
         )
     allnan = Predictions(
         np.full((1, 1, 4, 3), np.nan, np.float32), np.ones((1, 1)), None, None, ["a"], "t"
@@ -156,7 +152,7 @@ def test_score_skips_nan_views_and_missing_gt_with_counts():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="no view could be scored"):
-            score(allnan, gt[:1], q_gt.numpy(), None, _opts())
+            score(allnan, gt[:1], q_gt.numpy(), None)
 
 
 def test_write_ply_reads_back(tmp_path):
@@ -233,8 +229,10 @@ def test_visualize_cli(tiny_run):
     im = Image.open(out / "obj0001.png")
     assert im.size[0] >= 4 * 64 and im.size[1] >= 3 * 64
     assert (out / "obj0001.html").exists()
+    from dpc.visualize import visualize
+
     with pytest.raises(ValueError, match="out of range"):
-        main([f"run_dir={tiny_run}", "objects=[99]", f"out={out}"])
+        visualize(run_dir=str(tiny_run), objects=[99], out=str(out))
 
 
 def test_run_dir_without_checkpoint(tmp_path):
@@ -254,7 +252,7 @@ def test_score_skips_views_without_gt_pose():
         np.repeat(gt[:, None], 3, 1), np.ones((2, 3)), q_gt.float().numpy(), None, ["a", "b"], "t"
     )
     with pytest.warns(UserWarning, match="pose"):
-        res = score(preds, gt, q, AlignmentResult(quat=[1.0, 0, 0, 0]), _opts())
+        res = score(preds, gt, q, AlignmentResult(quat=[1.0, 0, 0, 0]))
     assert res["pose"]["num_views"] == 5 and res["skipped"]["views_without_pose"] == [["b", 2]]
     assert res["pose"]["accuracy"] == 1.0
 
@@ -280,3 +278,26 @@ def test_missing_dataset_is_a_clear_error_not_a_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_path="):
         evaluate(run_dir=str(tmp_path), progress=False)
     assert not (tmp_path / "nodata").exists()
+
+
+@pytest.mark.parametrize(
+    "module, options",
+    [
+        ("dpc.evaluate", ["run_dir", "split", "align_split", "chamfer_backend", "ply_views"]),
+        ("dpc.visualize", ["run_dir", "split", "objects", "view", "render_size"]),
+    ],
+)
+def test_cli_help_lists_the_options(module, options):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"python -m {module} run_dir=" in r.stdout
+    for key in options:
+        assert f"\n{key}:" in r.stdout, key

@@ -64,7 +64,7 @@ def reference_run(tmp_path_factory):
 
 def test_sigkill_then_resume_is_bit_exact(reference_run, tmp_path):
     d = tmp_path / "run"
-    p = run_cli(ARGS + [f"hydra.run.dir={d}", "trainer.debug_step_sleep=0.15"], cwd=tmp_path)
+    p = run_cli(ARGS + [f"hydra.run.dir={d}"], cwd=tmp_path, slow=True)
     _wait_for_step(p, d, 10)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
@@ -81,7 +81,7 @@ def test_sigkill_then_resume_is_bit_exact(reference_run, tmp_path):
 
 def test_ctrl_c_saves_and_exits_cleanly(reference_run, tmp_path):
     d = tmp_path / "run"
-    p = run_cli(ARGS + [f"hydra.run.dir={d}", "trainer.debug_step_sleep=0.15"], cwd=tmp_path)
+    p = run_cli(ARGS + [f"hydra.run.dir={d}"], cwd=tmp_path, slow=True)
     _wait_for_step(p, d, 5)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=60)

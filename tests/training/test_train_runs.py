@@ -9,6 +9,7 @@ from train_testutils import TINY, compose_cfg
 
 from dpc.train import NonFiniteLossError, check_loss_config, train
 from dpc.training.checkpoint import load_checkpoint, load_run
+from dpc.training.step import compute_step
 
 TINY_NO_DATA = [o for o in TINY if not o.startswith("data")]
 
@@ -85,16 +86,20 @@ def test_training_reduces_loss_and_validates(tmp_path):
     assert val["projection_loss"] > 0 and val["chamfer"] > 0  # camera supervision: Chamfer
 
 
-def test_nan_guard_skips_then_stops(tmp_path):
+def test_nan_guard_skips_then_stops(tmp_path, monkeypatch):
+    import dpc.train
+
+    def nan_at_some_steps(*args, **kwargs):
+        out = compute_step(*args, **kwargs)
+        step = args[4]
+        return out._replace(loss=out.loss * float("nan")) if step in (2, 4, 5, 6) else out
+
+    monkeypatch.setattr(dpc.train, "compute_step", nan_at_some_steps)
     run = tmp_path / "run"
     cfg = compose_cfg(
         ["+experiment=car_quick_camera_supervision"]
         + TINY
-        + [
-            "trainer.max_steps=20",
-            "trainer.debug_nan_steps=[2,4,5,6]",
-            "trainer.nan_max_consecutive=3",
-        ],
+        + ["trainer.max_steps=20", "trainer.nan_max_consecutive=3"],
         run,
     )
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 6"):

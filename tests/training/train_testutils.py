@@ -48,9 +48,12 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None) -> DictConfig
     return cfg
 
 
-def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, **kw):
-    """Popen ``python -m dpc.train <args>`` (1 thread, wandb disabled)."""
+def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, slow=False, **kw):
+    """Popen ``python -m dpc.train <args>`` (1 thread, wandb disabled); ``slow``: with a
+    pause in every step (``slow_train.py``), for tests that signal the run mid-way."""
     import subprocess
+
+    cmd = [str(Path(__file__).with_name("slow_train.py"))] if slow else ["-m", "dpc.train"]
 
     env = {
         **os.environ,
@@ -60,7 +63,7 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict | None = None, **kw):
         **(env_extra or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "dpc.train", *args],
+        [sys.executable, *cmd, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
