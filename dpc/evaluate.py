@@ -14,12 +14,10 @@ estimated on ``align_split`` once and reused). Options: ``configs/eval.yaml``
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -31,7 +29,7 @@ from dpc.eval.predict import Predictions, predict_split, write_ply
 from dpc.eval.score import baselines, load_gt, score, valid_gt_mask
 from dpc.render import build_renderer, final_sigma
 from dpc.training.checkpoint import find_checkpoint, load_checkpoint, load_run
-from dpc.training.config import CONFIGS, compose_options
+from dpc.training.config import compose_options, run_command
 from dpc.training.distributed import resolve_device
 
 
@@ -225,17 +223,10 @@ def _print_summary(res: dict, out: Path) -> None:
     print("\n".join(lines))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="eval")
-def _app(opts: DictConfig) -> None:
-    run(opts)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m dpc.evaluate [key=value ...]`` (``argv``: the overrides, default the
     command line)."""
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _app()
+    run_command("eval", run, argv)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ Options: ``configs/visualize.yaml`` (``python -m dpc.visualize --help``).
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -36,7 +34,7 @@ from dpc.eval.metrics import align_points
 from dpc.eval.score import load_gt
 from dpc.render import PointCloudRenderer, RenderSettings, build_renderer, final_sigma
 from dpc.training.checkpoint import find_checkpoint, load_run
-from dpc.training.config import CONFIGS, compose_options
+from dpc.training.config import compose_options, run_command
 from dpc.training.distributed import resolve_device
 
 # (azimuth, elevation) in degrees of the fixed viewpoints of rows 2 and 3
@@ -235,17 +233,10 @@ def run(o: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="visualize")
-def _app(opts: DictConfig) -> None:
-    run(opts)
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m dpc.visualize [key=value ...]`` (``argv``: the overrides, default the
     command line)."""
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _app()
+    run_command("visualize", run, argv)
 
 
 if __name__ == "__main__":

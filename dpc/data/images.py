@@ -15,8 +15,11 @@ from dpc.camera import resize_masks
 
 
 def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
-    # np.ascontiguousarray: dataset arrays are often read-only memmap slices
-    return x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, Tensor):
+        return x
+    a = np.ascontiguousarray(x)
+    # dataset arrays are often read-only memmaps, which torch must not share
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def prepare_images(images: np.ndarray | Tensor, image_size: int) -> Tensor:

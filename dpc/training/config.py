@@ -1,10 +1,13 @@
-"""The config folder and composing a command's options from it (``configs/<name>.yaml``),
-for the Python entry points that mirror the hydra command lines."""
+"""The config folder, and the commands' options from it (``configs/<name>.yaml``): as a
+hydra app (:func:`run_command`) or from Python (:func:`compose_options`)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import hydra
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,3 +23,12 @@ def compose_options(config_name: str, **options) -> DictConfig:
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(cfg)}")
     return OmegaConf.merge(cfg, options)
+
+
+def run_command(config_name: str, task: Callable[[DictConfig], object], argv=None) -> None:
+    """Run ``task(options)`` as the hydra app of ``configs/<config_name>.yaml``: overrides
+    ``key=value`` from ``argv`` (default the command line), ``--help`` lists the options."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    app = hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)
+    app(task)()
