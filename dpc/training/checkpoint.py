@@ -2,7 +2,7 @@
 
 A checkpoint is ``{"model", "optimizer", "step", "rng", "config", "last_good_step"}``;
 ``step`` is the next step to run. Batches, point dropout and schedules are functions of
-``(seed, step)`` (see :mod:`dpc.training.data`), so model + optimiser + step determine
+``(seed, step)`` (see :mod:`dpc.data.sampling`), so model + optimiser + step determine
 the rest of the run; the RNG states are saved and restored as well, for anything else
 that draws random numbers.
 """
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from dpc.training.optim import upgrade_optimizer_state
 
 
 def rng_state() -> dict:
@@ -106,7 +108,7 @@ def restore_checkpoint(path: str | Path, model, optimizer) -> int:
     states; returns the step to continue from."""
     ck = load_checkpoint(path, map_location="cpu")
     model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
+    optimizer.load_state_dict(upgrade_optimizer_state(ck["optimizer"], optimizer, model))
     set_rng_state(ck["rng"])
     return int(ck["step"])
 

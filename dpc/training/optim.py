@@ -33,3 +33,24 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         eps=float(o.eps),
         fused=bool(o.fused),
     )
+
+
+def upgrade_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, model) -> dict:
+    """An optimiser state saved before weight decay moved into parameter groups (one
+    group over ``model.parameters()``, in that order) re-indexed for ``optimizer``'s groups,
+    whose settings (``weight_decay`` per group) it takes; other states are returned as is."""
+    if len(state["param_groups"]) != 1 or len(optimizer.param_groups) == 1:
+        return state
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    old = state["param_groups"][0]
+    groups, moved, k = [], {}, 0
+    for g in optimizer.param_groups:
+        ids = []
+        for p in g["params"]:
+            i = old["params"][index[id(p)]]
+            if i in state["state"]:
+                moved[k] = state["state"][i]
+            ids.append(k)
+            k += 1
+        groups.append({**old, "weight_decay": g["weight_decay"], "params": ids})
+    return {"state": moved, "param_groups": groups}
