@@ -4,19 +4,19 @@ pyproject.toml, so an upward import fails the suite."""
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("lint-imports")
-    if exe is None:
-        pytest.fail("lint-imports not found: pip install -e '.[dev]' (import-linter)")
+    """``lint-imports`` in ``cwd``, with this interpreter (import-linter: the dev extra)."""
+    cli = "from importlinter.cli import lint_imports_command; lint_imports_command()"
     env = {**os.environ, "PYTHONPATH": str(cwd)}
-    return subprocess.run([exe], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", cli], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_layers_import_downward_only():
