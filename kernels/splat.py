@@ -201,6 +201,9 @@ if has_triton():
 # 256 points per program: 8 x 256 atomics in flight per program (unmeasured choice; a
 # GPU sweep belongs in profiling/bench_kernels.py).
 _GPU_BLOCK = 256
+# Backward: 128 points per program. With features, 256 needed 255 registers and spilled
+# (148 B per thread, sm_90, profiling/compile_check.py): 8 corners x [256, C] gathers.
+_GPU_BLOCK_BWD = 128
 
 
 def splat_fwd(
@@ -253,7 +256,7 @@ def splat_bwd(
     if B == 0 or N == 0:
         return grad_points, grad_features
     D, H, W = (grad_occ if grad_occ is not None else grad_feat).shape[2:]
-    BLOCK = launch_block(_GPU_BLOCK, N, interpret_cap=4096)
+    BLOCK = launch_block(_GPU_BLOCK_BWD, N, interpret_cap=4096)
     n_blocks = triton.cdiv(N, BLOCK)
     dummy = points
     with device_guard(points):

@@ -73,9 +73,9 @@ def cases():
     for has_feat in (False, True):
         c = dict(HAS_FEAT=has_feat, C_BLOCK=4, BLOCK=splat._GPU_BLOCK)
         yield "splat_fwd" + ("+feat" if has_feat else ""), splat._splat_fwd_kernel, c, 4
-        c = dict(c, HAS_GRAD_OCC=True, HAS_GRAD_FEAT=has_feat)
+        c = dict(c, HAS_GRAD_OCC=True, HAS_GRAD_FEAT=has_feat, BLOCK=splat._GPU_BLOCK_BWD)
         yield "splat_bwd" + ("+feat" if has_feat else ""), splat._splat_bwd_kernel, c, 4
-    names = {0: "plain", 1: "clip_in", 2: "scale_clip_out", 3: "grad_scale_clip_in", 4: "grad_clip_out"}
+    names = ("plain", "clip_in", "scale_clip_out", "grad_scale_clip_in", "grad_clip_out")
     for mode in range(5):
         for axis in (0, 1):
             BM, BN = blur.PASS_TILE_GRAD_SCALE if mode == 3 else blur.PASS_TILE

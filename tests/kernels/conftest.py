@@ -59,11 +59,12 @@ def gpu_blocks(monkeypatch):
     """Use the GPU block sizes even under the interpreter, so a test covers launches
     with many programs and partial tiles (the interpreter normally uses one big block)."""
     import kernels.blur
+    import kernels.fused
     import kernels.project
     import kernels.splat
 
     def small(gpu_block: int, extent: int, interpret_cap: int = 0) -> int:
         return min(kutils.next_pow2(extent), gpu_block)
 
-    for mod in (kernels.blur, kernels.project, kernels.splat):
+    for mod in (kernels.blur, kernels.fused, kernels.project, kernels.splat):
         monkeypatch.setattr(mod, "launch_block", small)

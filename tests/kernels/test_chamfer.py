@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kernels import chamfer_distance
-from kernels.reference import chamfer_distance_ref
 from kernels.chamfer import has_keops
+from kernels.reference import chamfer_distance_ref
 
 
 def _keops_works() -> bool:

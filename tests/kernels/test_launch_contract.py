@@ -42,9 +42,7 @@ def launches(monkeypatch):
             self.name, self.k = name, k
             sig = inspect.signature(k.fn)
             self.params = list(sig.parameters)
-            self.const = {
-                n for n, p in sig.parameters.items() if "constexpr" in str(p.annotation)
-            }
+            self.const = {n for n, p in sig.parameters.items() if "constexpr" in str(p.annotation)}
 
         def __getitem__(self, grid):
             def launch(*args, **kw):
@@ -153,7 +151,8 @@ def test_render_has_no_host_sync(monkeypatch):
     q = torch.randn(2, 4, generator=g).to(DEVICE)
     s = (torch.rand(2, generator=g) + 0.5).to(DEVICE).requires_grad_()
     for variant in ("passes", "fused"):
-        r = PointCloudRenderer(RenderSettings(vox_size=12, kernel_size=3, kernel_variant=variant))
+        st = RenderSettings(vox_size=12, kernel_size=3, backend="triton", kernel_variant=variant)
+        r = PointCloudRenderer(st)
         r(pts, q, 1.0, scale=s)  # warm the taps cache (first use builds them)
         with monkeypatch.context() as m:
             for name in ("item", "__bool__", "tolist"):

@@ -208,4 +208,3 @@ def test_nan_points_are_dropped_not_rejected(backend):
     occ, _ = kernels.splat_points(p, (5, 6, 7), backend=backend)
     occ1, _ = kernels.splat_points(p[:, :1], (5, 6, 7), backend=backend)
     assert torch.equal(occ, occ1)
-
