@@ -381,7 +381,7 @@ def depth_project_bwd(
     HW = H * W
     grad_t = new_output(t, *t.shape)
     # At least 16 rays per program: tl.dot needs every dimension >= 16.
-    BLOCK = max(16, launch_block(PROJECT_BWD_BLOCK, HW, interpret_cap=64))
+    BLOCK = max(16, launch_block(PROJECT_BWD_BLOCK, HW, interpret_cap=4096))
     tiles = triton.cdiv(HW, BLOCK) if HW else 0
     part = new_output(t, B * tiles) if scale is not None else None
     if B * HW == 0:

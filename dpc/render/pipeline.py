@@ -119,6 +119,12 @@ class PointCloudRenderer(nn.Module):
                     f"got {tuple(colors.shape)}"
                 )
         check_kernel(sigma, s.kernel_size)
+        # 0 * inf = NaN: a view whose points or pose are not finite gets NaN images (the
+        # splat would drop NaN points silently), so the training loop's non-finite-loss
+        # check sees it, without a host sync here. O(N) per view.
+        poison = (points.sum((1, 2)) + quat.sum(1)).detach() * 0  # [B]
+        if scale is not None:  # the kernels' clamps (tl.minimum/maximum) may drop a NaN
+            poison = poison + scale.detach().to(poison.dtype) * 0
 
         if keep_fraction < 1.0:
             points, colors = point_dropout(points, keep_fraction, colors, generator)
@@ -141,7 +147,9 @@ class PointCloudRenderer(nn.Module):
                 return_depth=return_depth,
                 backend=s.backend,
             )
-            return RenderOutput(proj.silhouette, proj.depth, None, None, None)
+            pv = poison.view(-1, 1, 1)
+            depth = proj.depth + pv if proj.depth is not None else None
+            return RenderOutput(proj.silhouette + pv, depth, None, None, None)
         if feat is None:
             # clip -> blur -> scale -> clip as one fused op (kernels.blur_occupancy).
             occ = kernels.blur_occupancy(occ, sigma, s.kernel_size, scale, backend=s.backend)
@@ -160,6 +168,7 @@ class PointCloudRenderer(nn.Module):
 
         if s.projection == "max":
             sil = kernels.max_project(occ)
+            sil = sil + poison.view(-1, 1, 1)
             return RenderOutput(sil, None, None, occ if return_voxels else None, None)
         proj = kernels.ray_project(
             occ,
@@ -171,6 +180,11 @@ class PointCloudRenderer(nn.Module):
             return_probs=return_probs,
             backend=s.backend,
         )
+        pv = poison.view(-1, 1, 1)
         return RenderOutput(
-            proj.silhouette, proj.depth, proj.color, occ if return_voxels else None, proj.probs
+            proj.silhouette + pv,
+            proj.depth + pv if proj.depth is not None else None,
+            proj.color + pv[:, None] if proj.color is not None else None,
+            occ if return_voxels else None,
+            proj.probs,
         )
