@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import DEVICE, TOL, assert_parity, needs_cuda
+from kernel_testlib import DEVICE, TOL, assert_parity, needs_cuda, occupancy_input
 
 from kernels.blur import taps_for
 from kernels.fused import BlurRayProject, blur_ray_project, plane_blur
@@ -20,18 +20,11 @@ CASES = [
 ]
 
 
-def _occupancy_input(shape, gen, dtype):
-    """Splat-like volume: half zeros, values in (-0.2, 2.2): both clips active."""
-    x = torch.rand(shape, generator=gen, dtype=torch.float64) * 2.4 - 0.2
-    x = torch.where(torch.rand(shape, generator=gen, dtype=torch.float64) < 0.5, 0.0, x)
-    return x.to(dtype).to(DEVICE)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_scale,return_depth", [(True, True), (False, False)])
 @pytest.mark.parametrize("shape,sigma,K", CASES)
 def test_blur_ray_project_parity(shape, sigma, K, with_scale, return_depth, dtype, gen):
-    x = _occupancy_input(shape, gen, dtype).requires_grad_()
+    x = occupancy_input(shape, gen, dtype).requires_grad_()
     inputs, scale = [x], None
     if with_scale:
         # Scales > 1 saturate the output clip somewhere, < 1 leave it inactive.
@@ -69,7 +62,7 @@ def test_plane_blur_is_the_in_plane_blur(dtype, gen):
 def test_fused_many_programs(gpu_blocks, gen):
     """GPU block sizes: many programs per image, a partial last block, d(scale) partials
     of several programs per batch element summed in a fixed order."""
-    x = _occupancy_input((2, 1, 6, 13, 23), gen, torch.float64).requires_grad_()
+    x = occupancy_input((2, 1, 6, 13, 23), gen, torch.float64).requires_grad_()
     s = (torch.rand(2, generator=gen, dtype=torch.float64) * 2 + 0.3).to(DEVICE)
     s.requires_grad_()
     out = blur_ray_project(x, 1.1, 5, s, 2.0, 10.0, True, backend="triton")
@@ -128,7 +121,7 @@ def test_blur_ray_project_paper_scale_cuda():
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
         shape = (32, 1, 64, 64, 64) if dtype == torch.float32 else (8, 1, 64, 64, 64)
-        x = _occupancy_input(shape, gen, dtype).requires_grad_()
+        x = occupancy_input(shape, gen, dtype).requires_grad_()
         s = (torch.rand(shape[0], generator=gen, dtype=dtype) + 0.5).cuda().requires_grad_()
         out = blur_ray_project(x, 3.0, 21, s, 2.1, 10.0, True, backend="triton")
         ref = blur_ray_project_ref(x, 3.0, 21, s, 2.1, 10.0, True)
