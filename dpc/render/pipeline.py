@@ -97,8 +97,8 @@ class PointCloudRenderer(nn.Module):
         s = self.settings
         # Shapes and dtypes only: a finiteness check would read values back to the host
         # (a sync per step that also blocks CUDA-graph capture). Non-finite inputs
-        # surface as a non-finite loss, which the training loop checks (dpc.train); a
-        # NaN point alone is dropped like a point outside the grid.
+        # surface as NaN images (`poison` below), hence a non-finite loss, which the
+        # training loop checks (dpc.train).
         check_tensor("points", points, ndim=3, last=3)
         check_tensor("quat", quat, ndim=2, last=4)
         if quat.shape[0] != points.shape[0]:
