@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Literal
@@ -75,6 +76,15 @@ def select_backend(backend: str, *tensors: Tensor | None) -> Path:
     return "triton"
 
 
+def device_guard(t: Tensor):
+    """Context manager making ``t``'s CUDA device the current one for a launch: Triton
+    launches on the *current* device, so a tensor on ``cuda:1`` needs this when the
+    current device is ``cuda:0``. A no-op for CPU tensors (interpreter)."""
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def check_tensor(
     name: str,
     x: Tensor,
@@ -83,7 +93,11 @@ def check_tensor(
     finite: bool = False,
 ) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``x`` is a floating tensor of ``ndim``
-    dimensions with last dimension ``last`` (and all finite, if asked)."""
+    dimensions with last dimension ``last`` (and all finite, if asked).
+
+    ``finite=True`` reads the values back to the host (a device synchronisation): never
+    use it on the training path (the renderer ops do not; non-finite values there surface
+    as a non-finite loss, which the training loop checks where it already syncs)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

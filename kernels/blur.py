@@ -12,6 +12,8 @@ symmetric banded matrix: the backward of the blur is the same blur of the gradie
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,7 @@ from kernels._utils import (
     Backend,
     check_kernel,
     check_tensor,
+    device_guard,
     has_triton,
     launch_block,
     new_output,
@@ -46,7 +49,7 @@ if has_triton():
         aux_out_ptr,  # _SCALE_CLIP_OUT: [M, N] pre-scale blur b
         aux_in_ptr,  # _GRAD_SCALE_CLIP_IN: b; _GRAD_CLIP_OUT: the unclipped input x
         scale_ptr,  # [B] occupancy scale (modes 2, 3)
-        grad_scale_ptr,  # [B] accumulated d(loss)/d(scale) (mode 3), zero-initialised
+        part_ptr,  # [M, tiles_n] per-(row, column tile) partial d(loss)/d(scale) (mode 3)
         M,
         N,
         L,  # AXIS 0: length of the blurred axis; rows are (slab, position) pairs
@@ -108,12 +111,14 @@ if has_triton():
         if MODE == 3:
             if HAS_SCALE:
                 # d loss / d scale = sum g * b over cells where the output clip is not
-                # saturated: reduce this tile's own cells per row, one atomic per row.
+                # saturated: this tile's own cells reduced per row and stored (no
+                # atomics: the launcher sums the partials in a fixed order, so the
+                # gradient is deterministic).
                 g = tl.load(in_ptr + offs, mask=in_tile, other=0.0)
                 bb = tl.load(aux_in_ptr + offs, mask=in_tile, other=0.0)
                 y = bb * sc
                 part = tl.sum(tl.where((y >= 0.0) & (y <= 1.0), g * bb, 0.0), 1)
-                tl.atomic_add(grad_scale_ptr + rows // rows_per_batch, part, mask=row_ok)
+                tl.store(part_ptr + rows.to(tl.int64) * tiles_n + pid % tiles_n, part, mask=row_ok)
         if MODE == 4:  # _GRAD_CLIP_OUT: clamp(x, 0, 1) backward
             xin = tl.load(aux_in_ptr + offs, mask=in_tile, other=0.0)
             acc = tl.where((xin >= 0.0) & (xin <= 1.0), acc, 0.0)
@@ -130,40 +135,62 @@ def _pass(
     aux_out: Tensor | None = None,
     aux_in: Tensor | None = None,
     scale: Tensor | None = None,
-    grad_scale: Tensor | None = None,
     rows_per_batch: int = 1,
-) -> None:
-    """Launch one 1-D blur pass over the [M, N] view of contiguous ``inp``."""
+) -> Tensor | None:
+    """Launch one 1-D blur pass over the [M, N] view of contiguous ``inp``. In mode
+    ``_GRAD_SCALE_CLIP_IN`` with a scale, returns the d(scale) partials ``[M, tiles_n]``."""
     M, N, L = view
-    if M * N == 0:
-        return
-    # GPU tiles: up to 128 contiguous columns (coalesced 512 B rows) x 32 rows, so a
-    # 21-tap pass along rows re-reads (32 + 20) / 32 = 1.6x its tile from L1/L2.
-    # Unmeasured choice (no GPU yet); sweep it with profiling/bench_kernels.py.
-    BLOCK_N = launch_block(128, N, interpret_cap=1 << 14)
-    BLOCK_M = launch_block(32, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
+    BLOCK_M, BLOCK_N = pass_tile(M, N, mode)
     tiles_n = triton.cdiv(N, BLOCK_N)
+    part = None
+    if mode == _GRAD_SCALE_CLIP_IN and scale is not None:
+        part = new_output(inp, M, tiles_n)
+    if M * N == 0:
+        return part
     dummy = inp
-    _blur_pass_kernel[(triton.cdiv(M, BLOCK_M) * tiles_n,)](
-        out,
-        inp,
-        taps,
-        aux_out if aux_out is not None else dummy,
-        aux_in if aux_in is not None else dummy,
-        scale if scale is not None else dummy,
-        grad_scale if grad_scale is not None else dummy,
-        M,
-        N,
-        L,
-        tiles_n,
-        rows_per_batch,
-        AXIS=axis,
-        MODE=mode,
-        HAS_SCALE=scale is not None,
-        K=taps.numel(),
-        BLOCK_M=BLOCK_M,
-        BLOCK_N=BLOCK_N,
-    )
+    with device_guard(inp):
+        _blur_pass_kernel[(triton.cdiv(M, BLOCK_M) * tiles_n,)](
+            out,
+            inp,
+            taps,
+            aux_out if aux_out is not None else dummy,
+            aux_in if aux_in is not None else dummy,
+            scale if scale is not None else dummy,
+            part if part is not None else dummy,
+            M,
+            N,
+            L,
+            tiles_n,
+            rows_per_batch,
+            AXIS=axis,
+            MODE=mode,
+            HAS_SCALE=scale is not None,
+            K=taps.numel(),
+            BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N,
+            num_warps=PASS_WARPS,
+        )
+    return part
+
+
+# GPU tile of one pass: 128 contiguous columns (coalesced 512 B rows) x 16 rows, 8 warps
+# (8 elements per thread). The former 32 x 128 tile with 4 warps needed a 5.7 KB stack
+# per thread (register spills) in the 21-tap backward pass on sm_90: ptxas keeps all K
+# shifted loads in flight, K x elements-per-thread registers. The backward's first pass
+# (two loads per tap: gradient and saved blur) still spilled at 16 rows, so it uses 8.
+# profiling/compile_check.py checks that no float32 pass spills. A 21-tap pass along rows
+# re-reads (16 + 20) / 16 = 2.25x its tile, from L1/L2. Unmeasured on a GPU.
+PASS_TILE = (16, 128)
+PASS_TILE_GRAD_SCALE = (8, 128)
+PASS_WARPS = 8
+
+
+def pass_tile(M: int, N: int, mode: int = _PLAIN) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of a pass over an [M, N] view (one big block when interpreting)."""
+    gm, gn = PASS_TILE_GRAD_SCALE if mode == _GRAD_SCALE_CLIP_IN else PASS_TILE
+    BLOCK_N = launch_block(gn, N, interpret_cap=1 << 14)
+    BLOCK_M = launch_block(gm, M, interpret_cap=max(1, (1 << 16) // BLOCK_N))
+    return BLOCK_M, BLOCK_N
 
 
 def _views(shape) -> tuple[tuple[int, int, int], ...]:
@@ -172,14 +199,24 @@ def _views(shape) -> tuple[tuple[int, int, int], ...]:
     return (B * C * D * H, W, W), (B * C * D * H, W, H), (B * C * D, H * W, D)
 
 
-def _taps(sigma: float, kernel_size: int, like: Tensor) -> Tensor:
-    # Same taps as the reference (computed in the volume's dtype).
-    return gaussian_kernel1d(sigma, kernel_size, dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=64)
+def _taps_cached(sigma: float, kernel_size: int, dtype: torch.dtype, device: torch.device):
+    # Built on the host in the volume's dtype (the reference's formula) and copied without
+    # blocking: a pageable host-to-device copy is staged at once, no stream sync. The
+    # annealed sigma changes every step, hence a bounded LRU rather than a dict.
+    taps = gaussian_kernel1d(sigma, kernel_size, dtype=dtype, device="cpu")
+    return taps.to(device, non_blocking=True)
+
+
+def taps_for(sigma: float, kernel_size: int, like: Tensor) -> Tensor:
+    """Normalised Gaussian taps ``[K]`` in ``like``'s dtype on its device, cached per
+    (K, sigma, dtype, device): no device work or host sync when sigma repeats."""
+    return _taps_cached(float(sigma), int(kernel_size), like.dtype, like.device)
 
 
 def blur_fwd(volume: Tensor, sigma: float, kernel_size: int) -> Tensor:
     """Blur contiguous ``volume`` [B, C, D, H, W] along W, H, D (three passes)."""
-    taps = _taps(sigma, kernel_size, volume)
+    taps = taps_for(sigma, kernel_size, volume)
     vw, vh, vd = _views(volume.shape)
     t1 = new_output(volume, *volume.shape)
     t2 = new_output(volume, *volume.shape)
@@ -192,7 +229,7 @@ def blur_fwd(volume: Tensor, sigma: float, kernel_size: int) -> Tensor:
 def blur_bwd(grad: Tensor, sigma: float, kernel_size: int) -> Tensor:
     """Backward of :func:`blur_fwd`: the transposed passes in reverse order (D, H, W); each
     banded matrix is symmetric, so that is the same blur."""
-    taps = _taps(sigma, kernel_size, grad)
+    taps = taps_for(sigma, kernel_size, grad)
     vw, vh, vd = _views(grad.shape)
     t1 = new_output(grad, *grad.shape)
     t2 = new_output(grad, *grad.shape)
@@ -209,7 +246,7 @@ def blur_occupancy_fwd(
     first clip rides on the W pass's loads, scale and last clip on the D pass's stores.
     Returns the output and the pre-scale blur ``b`` (saved for the backward)."""
     B, C, D = volume.shape[:3]
-    taps = _taps(sigma, kernel_size, volume)
+    taps = taps_for(sigma, kernel_size, volume)
     vw, vh, vd = _views(volume.shape)
     t1 = new_output(volume, *volume.shape)
     t2 = new_output(volume, *volume.shape)
@@ -231,15 +268,11 @@ def blur_occupancy_bwd(
 ) -> tuple[Tensor, Tensor | None]:
     """Backward of :func:`blur_occupancy_fwd`: returns d(volume) and d(scale) ``[B]``."""
     B, C, D = grad.shape[:3]
-    taps = _taps(sigma, kernel_size, grad)
+    taps = taps_for(sigma, kernel_size, grad)
     vw, vh, vd = _views(grad.shape)
     t1 = new_output(grad, *grad.shape)
     t2 = new_output(grad, *grad.shape)
-    grad_scale = None
-    if scale is not None:
-        # Accumulated in float32 / float64 like the data; atomics reorder the sum.
-        grad_scale = torch.zeros(B, dtype=grad.dtype, device=grad.device)
-    _pass(
+    part = _pass(
         t1,
         grad,
         taps,
@@ -248,11 +281,13 @@ def blur_occupancy_bwd(
         _GRAD_SCALE_CLIP_IN,
         aux_in=blurred,
         scale=scale,
-        grad_scale=grad_scale,
         rows_per_batch=C * D,
     )
     _pass(t2, t1, taps, vh, 0)
     _pass(t1, t2, taps, vw, 1, _GRAD_CLIP_OUT, aux_in=volume)
+    # Second stage of the d(scale) reduction: the rows of batch element b are the
+    # contiguous block b * C * D ... (b + 1) * C * D - 1; a plain sum in a fixed order.
+    grad_scale = part.view(B, -1).sum(1) if part is not None else None
     return t1, grad_scale
 
 

@@ -1,10 +1,13 @@
 """Chamfer distance: nearest-neighbour distances both ways between batched point clouds.
 
-Public entry point :func:`chamfer_distance`; :func:`chamfer_ref` is the chunked
-``torch.cdist`` oracle. Every backend finds the nearest-neighbour *indices* without
-autograd and then recomputes the distances in torch from the gathered points, so the
-result is differentiable w.r.t. both clouds on every backend (KeOps' ``LazyTensor.min()``
-has no backward; a KD-tree has none either).
+Public entry point :func:`chamfer_distance`; its oracle is
+:func:`kernels.reference.chamfer_distance_ref` (chunked ``torch.cdist``). Every backend
+finds the nearest-neighbour *indices* without autograd and then recomputes the distances
+in torch from the gathered points, so the result is differentiable w.r.t. both clouds on
+every backend (KeOps' ``LazyTensor.min()`` has no backward; a KD-tree has none either).
+
+An evaluation op, not on the training path: it checks its inputs are finite (a host
+sync), since a NaN point would silently match nothing in the KD-tree.
 
 Backends:
 
@@ -182,31 +185,3 @@ def chamfer_distance(
     return ChamferResult(
         _gather_dist(x, y, idx_xy, squared), _gather_dist(y, x, idx_yx, squared), idx_xy, idx_yx
     )
-
-
-def chamfer_ref(
-    x: Tensor,  # [B, N, 3]
-    y: Tensor,  # [B, M, 3]
-    squared: bool = False,
-    chunk: int = 1024,
-) -> tuple[Tensor, Tensor]:
-    """Reference of :func:`chamfer_distance`: chunked ``torch.cdist`` + ``min``.
-
-    Autograd flows through ``cdist``/``min`` directly (no index gathering), which makes
-    it an independent oracle for the gradients too. Memory ``B x chunk x M`` per step.
-
-    Returns:
-        ``(x_to_y [B, N], y_to_x [B, M])`` Euclidean (or squared) distances.
-    """
-
-    def one_way(a: Tensor, b: Tensor) -> Tensor:
-        parts = []
-        for s in range(0, a.shape[1], chunk):
-            if squared:
-                d = (a[:, s : s + chunk, None, :] - b[:, None, :, :]).pow(2).sum(-1)
-            else:
-                d = torch.cdist(a[:, s : s + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
-            parts.append(d.min(-1).values)
-        return torch.cat(parts, dim=1)
-
-    return one_way(x, y), one_way(y, x)

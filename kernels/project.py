@@ -28,6 +28,7 @@ from kernels import cpu
 from kernels._utils import (
     Backend,
     check_tensor,
+    device_guard,
     has_triton,
     launch_block,
     new_output,
@@ -60,9 +61,13 @@ if has_triton():
         HW,
         tiles,  # cdiv(HW, BLOCK)
         C,
-        camera_distance,
-        max_depth,
-        background,
+        # Compile-time constants, not runtime arguments: Triton passes a Python float
+        # argument as fp32 (mangle_type(2.1) == "fp32"), which would round 2.1 in a
+        # float64 kernel; a constexpr float meets fp64 tensors as an exact fp64
+        # literal. One build per (distance, max depth, background): fixed per renderer.
+        camera_distance: tl.constexpr,
+        max_depth: tl.constexpr,
+        background: tl.constexpr,
         HAS_COLOR: tl.constexpr,
         RETURN_DEPTH: tl.constexpr,
         RETURN_PROBS: tl.constexpr,
@@ -125,9 +130,13 @@ if has_triton():
         HW,
         tiles,
         C,
-        camera_distance,
-        max_depth,
-        background,
+        # Compile-time constants, not runtime arguments: Triton passes a Python float
+        # argument as fp32 (mangle_type(2.1) == "fp32"), which would round 2.1 in a
+        # float64 kernel; a constexpr float meets fp64 tensors as an exact fp64
+        # literal. One build per (distance, max depth, background): fixed per renderer.
+        camera_distance: tl.constexpr,
+        max_depth: tl.constexpr,
+        background: tl.constexpr,
         HAS_COLOR: tl.constexpr,
         HAS_G_DEPTH: tl.constexpr,
         HAS_G_PROBS: tl.constexpr,
@@ -221,26 +230,27 @@ def project_fwd(
         return RayProjection(sil, depth, color, probs)
     BLOCK = launch_block(_GPU_BLOCK, HW, interpret_cap=4096)
     tiles = triton.cdiv(HW, BLOCK)
-    _project_fwd_kernel[(B * tiles,)](
-        sil,
-        depth if depth is not None else sil,
-        color if color is not None else sil,
-        probs if probs is not None else sil,
-        occ,
-        colors if colors is not None else occ,
-        D,
-        HW,
-        tiles,
-        C,
-        float(camera_distance),
-        float(max_depth),
-        float(background),
-        HAS_COLOR=colors is not None,
-        RETURN_DEPTH=return_depth,
-        RETURN_PROBS=return_probs,
-        C_BLOCK=next_pow2(max(C, 1)),
-        BLOCK=BLOCK,
-    )
+    with device_guard(occ):
+        _project_fwd_kernel[(B * tiles,)](
+            sil,
+            depth if depth is not None else sil,
+            color if color is not None else sil,
+            probs if probs is not None else sil,
+            occ,
+            colors if colors is not None else occ,
+            D,
+            HW,
+            tiles,
+            C,
+            camera_distance=float(camera_distance),
+            max_depth=float(max_depth),
+            background=float(background),
+            HAS_COLOR=colors is not None,
+            RETURN_DEPTH=return_depth,
+            RETURN_PROBS=return_probs,
+            C_BLOCK=next_pow2(max(C, 1)),
+            BLOCK=BLOCK,
+        )
     return RayProjection(sil, depth, color, probs)
 
 
@@ -268,28 +278,29 @@ def project_bwd(
     BLOCK = launch_block(_GPU_BLOCK, HW, interpret_cap=4096)
     tiles = triton.cdiv(HW, BLOCK)
     dummy = occ
-    _project_bwd_kernel[(B * tiles,)](
-        grad_occ,
-        grad_colors if grad_colors is not None else dummy,
-        occ,
-        colors if colors is not None else dummy,
-        g_sil,
-        g_depth if g_depth is not None else dummy,
-        g_color if g_color is not None else dummy,
-        g_probs if g_probs is not None else dummy,
-        D,
-        HW,
-        tiles,
-        C,
-        float(camera_distance),
-        float(max_depth),
-        float(background),
-        HAS_COLOR=colors is not None,
-        HAS_G_DEPTH=g_depth is not None,
-        HAS_G_PROBS=g_probs is not None,
-        C_BLOCK=next_pow2(max(C, 1)),
-        BLOCK=BLOCK,
-    )
+    with device_guard(occ):
+        _project_bwd_kernel[(B * tiles,)](
+            grad_occ,
+            grad_colors if grad_colors is not None else dummy,
+            occ,
+            colors if colors is not None else dummy,
+            g_sil,
+            g_depth if g_depth is not None else dummy,
+            g_color if g_color is not None else dummy,
+            g_probs if g_probs is not None else dummy,
+            D,
+            HW,
+            tiles,
+            C,
+            camera_distance=float(camera_distance),
+            max_depth=float(max_depth),
+            background=float(background),
+            HAS_COLOR=colors is not None,
+            HAS_G_DEPTH=g_depth is not None,
+            HAS_G_PROBS=g_probs is not None,
+            C_BLOCK=next_pow2(max(C, 1)),
+            BLOCK=BLOCK,
+        )
     return grad_occ, grad_colors
 
 

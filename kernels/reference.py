@@ -172,6 +172,50 @@ def ray_project_ref(
     return RayProjection(silhouette, depth, color, probs)
 
 
+def blur_ray_project_ref(
+    volume: Tensor,  # [B, 1, D, H, W] raw splatted occupancy
+    sigma: float | Tensor,
+    kernel_size: int,
+    scale: Tensor | None = None,  # [B]
+    camera_distance: float = 2.0,
+    max_depth: float = 10.0,
+    return_depth: bool = True,
+) -> RayProjection:
+    """Reference of :func:`kernels.blur_ray_project` (the renderer's training path fused):
+    :func:`ray_project_ref` of :func:`blur_occupancy_ref`, silhouette and depth only."""
+    occ = blur_occupancy_ref(volume, sigma, kernel_size, scale)
+    out = ray_project_ref(occ, None, camera_distance, max_depth, 1.0, return_depth, False)
+    return RayProjection(out.silhouette, out.depth, None, None)
+
+
 def max_project_ref(occupancy: Tensor) -> Tensor:
     """PTN-style baseline: silhouette ``[B, H, W]`` = max of ``occupancy`` over depth."""
     return occupancy[:, 0].amax(dim=1)
+
+
+def chamfer_distance_ref(
+    x: Tensor,  # [B, N, 3]
+    y: Tensor,  # [B, M, 3]
+    squared: bool = False,
+    chunk: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`kernels.chamfer_distance`: chunked ``torch.cdist`` + ``min``.
+
+    Autograd flows through ``cdist``/``min`` directly (no index gathering), which makes
+    it an independent oracle for the gradients too. Memory ``B x chunk x M`` per step.
+
+    Returns:
+        ``(x_to_y [B, N], y_to_x [B, M])`` Euclidean (or squared) distances.
+    """
+
+    def one_way(a: Tensor, b: Tensor) -> Tensor:
+        parts = []
+        for s in range(0, a.shape[1], chunk):
+            if squared:
+                d = (a[:, s : s + chunk, None, :] - b[:, None, :, :]).pow(2).sum(-1)
+            else:
+                d = torch.cdist(a[:, s : s + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
+            parts.append(d.min(-1).values)
+        return torch.cat(parts, dim=1)
+
+    return one_way(x, y), one_way(y, x)

@@ -15,6 +15,7 @@ from kernels._utils import (
     Backend,
     check_size,
     check_tensor,
+    device_guard,
     has_triton,
     launch_block,
     new_output,
@@ -83,7 +84,9 @@ if has_triton():
         BLOCK: tl.constexpr,
     ):
         # One program owns BLOCK points of one batch element and scatters all 8 corners
-        # (and all feature channels) of each: one launch for the whole splat.
+        # (and all feature channels) of each: one launch for the whole splat. The atomics
+        # are relaxed: only their sum matters, not their order relative to other memory
+        # operations (the default acq_rel adds a fence and an L1 invalidate per atomic).
         pid = tl.program_id(0)
         b = pid // n_blocks
         offs = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
@@ -107,12 +110,13 @@ if has_triton():
                     # face): skip it, as the reference does.
                     ok = inside & (i0 + A < D) & (j0 + Bc < H) & (k0 + Cc < W)
                     idx = ((i0 + A) * H + (j0 + Bc)) * W + (k0 + Cc)
-                    tl.atomic_add(occ_b + idx, w, mask=ok)
+                    tl.atomic_add(occ_b + idx, w, mask=ok, sem="relaxed")
                     if HAS_FEAT:
                         tl.atomic_add(
                             feat_b + ch[None, :].to(tl.int64) * DHW + idx[:, None],
                             w[:, None] * f,
                             mask=ok[:, None] & cm[None, :],
+                            sem="relaxed",
                         )
 
     @triton.jit
@@ -197,6 +201,9 @@ if has_triton():
 # 256 points per program: 8 x 256 atomics in flight per program (unmeasured choice; a
 # GPU sweep belongs in profiling/bench_kernels.py).
 _GPU_BLOCK = 256
+# Backward: 128 points per program. With features, 256 needed 255 registers and spilled
+# (148 B per thread, sm_90, profiling/compile_check.py): 8 corners x [256, C] gathers.
+_GPU_BLOCK_BWD = 128
 
 
 def splat_fwd(
@@ -215,21 +222,22 @@ def splat_fwd(
         return occ, feat
     BLOCK = launch_block(_GPU_BLOCK, N, interpret_cap=4096)
     n_blocks = triton.cdiv(N, BLOCK)
-    _splat_fwd_kernel[(B * n_blocks,)](
-        occ,
-        feat if feat is not None else occ,
-        points,
-        features if features is not None else points,
-        N,
-        D,
-        H,
-        W,
-        n_blocks,
-        C,
-        HAS_FEAT=features is not None,
-        C_BLOCK=next_pow2(max(C, 1)),
-        BLOCK=BLOCK,
-    )
+    with device_guard(points):
+        _splat_fwd_kernel[(B * n_blocks,)](
+            occ,
+            feat if feat is not None else occ,
+            points,
+            features if features is not None else points,
+            N,
+            D,
+            H,
+            W,
+            n_blocks,
+            C,
+            HAS_FEAT=features is not None,
+            C_BLOCK=next_pow2(max(C, 1)),
+            BLOCK=BLOCK,
+        )
     return occ, feat
 
 
@@ -248,28 +256,29 @@ def splat_bwd(
     if B == 0 or N == 0:
         return grad_points, grad_features
     D, H, W = (grad_occ if grad_occ is not None else grad_feat).shape[2:]
-    BLOCK = launch_block(_GPU_BLOCK, N, interpret_cap=4096)
+    BLOCK = launch_block(_GPU_BLOCK_BWD, N, interpret_cap=4096)
     n_blocks = triton.cdiv(N, BLOCK)
     dummy = points
-    _splat_bwd_kernel[(B * n_blocks,)](
-        grad_points,
-        grad_features if grad_features is not None else dummy,
-        grad_occ if grad_occ is not None else dummy,
-        grad_feat if grad_feat is not None else dummy,
-        points,
-        features if features is not None else dummy,
-        N,
-        D,
-        H,
-        W,
-        n_blocks,
-        C,
-        HAS_FEAT=features is not None,
-        HAS_GRAD_OCC=grad_occ is not None,
-        HAS_GRAD_FEAT=grad_feat is not None,
-        C_BLOCK=next_pow2(max(C, 1)),
-        BLOCK=BLOCK,
-    )
+    with device_guard(points):
+        _splat_bwd_kernel[(B * n_blocks,)](
+            grad_points,
+            grad_features if grad_features is not None else dummy,
+            grad_occ if grad_occ is not None else dummy,
+            grad_feat if grad_feat is not None else dummy,
+            points,
+            features if features is not None else dummy,
+            N,
+            D,
+            H,
+            W,
+            n_blocks,
+            C,
+            HAS_FEAT=features is not None,
+            HAS_GRAD_OCC=grad_occ is not None,
+            HAS_GRAD_FEAT=grad_feat is not None,
+            C_BLOCK=next_pow2(max(C, 1)),
+            BLOCK=BLOCK,
+        )
     return grad_points, grad_features
 
 
@@ -315,7 +324,9 @@ def splat_points(
     :func:`kernels.reference.splat_points_ref` for the exact definition. The Triton path
     takes float32 / float64; ``backend="auto"`` sends other dtypes to the reference.
     """
-    check_tensor("points", points, ndim=3, last=3, finite=True)
+    # No finiteness check (it would synchronise the host): NaN points are dropped like
+    # points outside the grid, on every backend.
+    check_tensor("points", points, ndim=3, last=3)
     size = check_size(size)
     if features is not None:
         check_tensor("features", features, ndim=3)

@@ -1,7 +1,9 @@
 """Time the whole renderer (forward, backward, forward+backward) per backend.
 
 Providers: ``eager`` (the pure-PyTorch reference), ``compile`` (the reference under
-``torch.compile``) and ``triton`` (the Triton kernels). Configurations: the paper's
+``torch.compile``), ``triton`` (the Triton kernels: blur passes, then the projection;
+``RenderSettings.kernel_variant="passes"``) and ``triton-fused`` (smoothing and
+projection fused, ``kernel_variant="fused"``, kernels/fused.py). Configurations: the paper's
 training scale (128 views = 8 objects x 4 views x 4 pose candidates, 8000 points, 64^3
 grid, 21-tap blur) and variations (32^3, 128^3; 1000 and 16000 points).
 
@@ -147,10 +149,16 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * nbytes / (ms * 1e-3)
 
 
+PROVIDERS = ("eager", "compile", "triton", "triton-fused")
+
+
 def build(provider: str, cfg: Config):
-    backend = "triton" if provider == "triton" else "reference"
+    backend = "triton" if provider.startswith("triton") else "reference"
+    variant = "fused" if provider == "triton-fused" else "passes"
     r = PointCloudRenderer(
-        RenderSettings(vox_size=cfg.grid, kernel_size=cfg.kernel, backend=backend)
+        RenderSettings(
+            vox_size=cfg.grid, kernel_size=cfg.kernel, backend=backend, kernel_variant=variant
+        )
     )
     if provider == "compile":
         return torch.compile(r)
@@ -198,11 +206,11 @@ def profile_one(provider: str, cfg: Config, device: str, warmup: int, iters: int
     return {"forward_ms": t_fwd, "backward_ms": t_bwd, "fwd+bwd_ms": t_all, "peak_mb": peak}
 
 
-def parity(cfg: Config, device: str) -> float:
-    """Relative L2 difference of the triton silhouette vs the eager reference."""
+def parity(cfg: Config, device: str, provider: str = "triton") -> float:
+    """Relative L2 difference of a Triton provider's silhouette vs the eager reference."""
     pts, quat, scale, _ = make_inputs(cfg, device)
     a = build("eager", cfg)(pts, quat, cfg.sigma, scale=scale).silhouette
-    b = build("triton", cfg)(pts, quat, cfg.sigma, scale=scale).silhouette
+    b = build(provider, cfg)(pts, quat, cfg.sigma, scale=scale).silhouette
     return ((a - b).norm() / a.norm().clamp_min(1e-30)).item()
 
 
@@ -249,14 +257,15 @@ def to_markdown(info: dict, rows: list[dict], bw: float | None) -> str:
         lines.append("")
     lines += [
         "| config | provider | fwd ms | bwd ms | fwd+bwd ms | peak MB | x eager | x compile "
-        "| floor fraction | parity (rel L2) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| x triton (passes) | floor fraction | parity (rel L2) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['provider']} | {fmt(r['forward_ms'])} | "
             f"{fmt(r['backward_ms'])} | {fmt(r['fwd+bwd_ms'])} | {fmt(r['peak_mb'], '.0f')} | "
             f"{fmt(r.get('speedup_vs_eager'))} | {fmt(r.get('speedup_vs_compile'))} | "
+            f"{fmt(r.get('speedup_vs_triton'))} | "
             f"{fmt(r.get('floor_fraction'), '.3f')} | {fmt(r.get('parity_rel_l2'), '.1e')} |"
         )
     return "\n".join(lines) + "\n"
@@ -270,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--providers",
         default=None,
-        help="comma list of eager,compile,triton (default: all that can run)",
+        help="comma list of eager,compile,triton,triton-fused (default: all that can run)",
     )
     ap.add_argument("--configs", default=None, help="comma list of config indices")
     ap.add_argument(
@@ -301,15 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     triton_ok = has_triton() and (on_gpu or triton_interpreting())
     if args.providers:
         providers = args.providers.split(",")
-        bad = set(providers) - {"eager", "compile", "triton"}
+        bad = set(providers) - set(PROVIDERS)
         if bad:
             raise ValueError(f"--providers: unknown {sorted(bad)}")
-        if "triton" in providers and not triton_ok:
+        if any(p.startswith("triton") for p in providers) and not triton_ok:
             raise ValueError("--providers triton needs CUDA (or TRITON_INTERPRET=1 and triton)")
     else:
         # torch.compile takes ~20 s per config on the CPU: not in the quick CI run.
         providers = (
-            ["eager"] + ([] if args.quick else ["compile"]) + (["triton"] if triton_ok else [])
+            ["eager"]
+            + ([] if args.quick else ["compile"])
+            + (["triton", "triton-fused"] if triton_ok else [])
         )
     if not on_gpu:
         torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -318,15 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     bw = copy_bandwidth(args.device, 1 << 30) if on_gpu else None
     rows = []
     for cfg in configs:
-        err = parity(cfg, args.device) if "triton" in providers else None
         by_provider = {}
         for prov in providers:
             t0 = time.perf_counter()
             res = profile_one(prov, cfg, args.device, warmup, iters)
-            label = prov + (" (interpreter)" if prov == "triton" and not on_gpu else "")
+            interp = prov.startswith("triton") and not on_gpu
+            label = prov + (" (interpreter)" if interp else "")
             row = {"config": cfg.name, "provider": label, **asdict(cfg), **res}
-            if prov == "triton":
-                row["parity_rel_l2"] = err
+            if prov.startswith("triton"):
+                row["parity_rel_l2"] = parity(cfg, args.device, prov)
             by_provider[prov] = row
             rows.append(row)
             print(
@@ -338,9 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         fb = floor_bytes(cfg)
         for prov, row in by_provider.items():
             row["floor_bytes"] = fb
-            for ref in ("eager", "compile"):
+            for ref in ("eager", "compile", "triton"):
                 # Interpreter timings are not comparable to anything: no speedups.
-                if ref in by_provider and ref != prov and not (prov == "triton" and not on_gpu):
+                interp = prov.startswith("triton") and not on_gpu
+                if ref in by_provider and ref != prov and not interp:
                     row[f"speedup_vs_{ref}"] = by_provider[ref]["fwd+bwd_ms"] / row["fwd+bwd_ms"]
             if bw:
                 row["floor_fraction"] = fb["fwd+bwd"] / bw * 1e3 / row["fwd+bwd_ms"]

@@ -109,11 +109,12 @@ def test_gradcheck_whole_renderer_points_quat_scale():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(quat=torch.tensor([[math.inf, 0, 0, 0]])), "quat"),
         (dict(quat=torch.tensor([[1.0, 0, 0]])), "quat"),
-        (dict(points=torch.tensor([[[math.nan, 0, 0]]])), "points"),
+        (dict(quat=torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])), "quat"),
+        (dict(points=torch.zeros(1, 1, 2)), "points"),
         (dict(sigma=0.0), "sigma"),
-        (dict(scale=torch.tensor([math.nan])), "scale"),
+        (dict(scale=torch.tensor([1.0, 1.0])), "scale"),
+        (dict(colors=torch.zeros(1, 2, 3)), "colors"),
     ],
 )
 def test_renderer_bad_input(kwargs, match):
@@ -122,6 +123,27 @@ def test_renderer_bad_input(kwargs, match):
     r = PointCloudRenderer(RenderSettings(vox_size=8, kernel_size=3))
     with pytest.raises(ValueError, match=match):
         r(**args)
+
+
+def test_renderer_non_finite_inputs_reach_the_loss_not_an_error():
+    """No finiteness checks (they sync the host every step): a non-finite scale, pose or
+    point makes that view's images NaN (not an empty silhouette, which a dropped NaN point
+    would give), for the training loop's non-finite-loss check to catch."""
+    r = PointCloudRenderer(RenderSettings(vox_size=8, kernel_size=3))
+    pts = torch.zeros(2, 2, 3)
+    q = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    bad_q = torch.tensor([[1.0, 0, 0, 0], [math.inf, 0, 0, 0]])
+    bad_p = pts.clone()
+    bad_p[1, 1, 0] = math.nan
+    for kw in (
+        dict(points=pts, quat=q, scale=torch.tensor([1.0, math.nan])),
+        dict(points=pts, quat=bad_q),
+        dict(points=bad_p, quat=q, return_depth=True),
+    ):
+        out = r(sigma=1.0, **kw)
+        assert torch.isfinite(out.silhouette[0]).all() and torch.isnan(out.silhouette[1]).any()
+        if out.depth is not None:
+            assert torch.isnan(out.depth[1]).all()
 
 
 def test_renderer_rejects_even_kernel_size():

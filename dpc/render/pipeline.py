@@ -31,6 +31,10 @@ class RenderSettings:
     projection: Literal["drc", "max"] = "drc"  # ray termination, or PTN max baseline
     normalize_colors: bool = True  # divide the colour volume by the smoothed occupancy
     backend: Literal["auto", "reference", "triton", "cpu"] = "auto"
+    # Triton kernels for smoothing + projection: "passes" (blur passes, then the
+    # projection) or "fused" (kernels/fused.py: about half the memory traffic; training
+    # path only). The default moves to the faster one once a GPU has timed both.
+    kernel_variant: Literal["passes", "fused"] = "passes"
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -116,20 +120,61 @@ class PointCloudRenderer(nn.Module):
         return_probs: bool = False,
     ) -> RenderOutput:
         s = self.settings
-        check_tensor("points", points, ndim=3, last=3, finite=True)
-        check_tensor("quat", quat, ndim=2, last=4, finite=True)
+        # Shapes and dtypes only: a finiteness check would read values back to the host
+        # (a sync per step that also blocks CUDA-graph capture). Non-finite inputs
+        # surface as NaN images (`poison` below), hence a non-finite loss, which the
+        # training loop checks (dpc.train).
+        check_tensor("points", points, ndim=3, last=3)
+        check_tensor("quat", quat, ndim=2, last=4)
         if quat.shape[0] != points.shape[0]:
             raise ValueError(
                 f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}"
             )
         if scale is not None:
-            check_tensor("scale", scale, ndim=1, finite=True)
+            check_tensor("scale", scale, ndim=1)
+            if scale.shape[0] != points.shape[0]:
+                raise ValueError(
+                    f"scale must be [B] with B={points.shape[0]}, got {tuple(scale.shape)}"
+                )
+        if colors is not None:
+            check_tensor("colors", colors, ndim=3)
+            if colors.shape[:2] != points.shape[:2]:
+                raise ValueError(
+                    f"colors must be [B, N, C] matching points {tuple(points.shape[:2])}, "
+                    f"got {tuple(colors.shape)}"
+                )
         check_kernel(sigma, s.kernel_size)
+        # 0 * inf = NaN: a view whose points or pose are not finite gets NaN images (the
+        # splat would drop NaN points silently), so the training loop's non-finite-loss
+        # check sees it, without a host sync here. O(N) per view.
+        poison = (points.sum((1, 2)) + quat.sum(1)).detach() * 0  # [B]
+        if scale is not None:  # the kernels' clamps (tl.minimum/maximum) may drop a NaN
+            poison = poison + scale.detach().to(poison.dtype) * 0
 
         if keep_fraction < 1.0:
             points, colors = point_dropout(points, keep_fraction, colors, generator)
         grid_pts = world_to_grid(points, quat, translation, s.camera_distance, s.focal_length)
         occ, feat = kernels.splat_points(grid_pts, s.size, colors, backend=s.backend)
+        if (
+            s.kernel_variant == "fused"
+            and feat is None
+            and s.projection == "drc"
+            and not (return_voxels or return_probs)
+        ):
+            # The training path: smoothing + projection without the occupancy volume.
+            proj = kernels.blur_ray_project(
+                occ,
+                sigma,
+                s.kernel_size,
+                scale,
+                s.camera_distance,
+                s.max_depth,
+                return_depth=return_depth,
+                backend=s.backend,
+            )
+            pv = poison.view(-1, 1, 1)
+            depth = proj.depth + pv if proj.depth is not None else None
+            return RenderOutput(proj.silhouette + pv, depth, None, None, None)
         if feat is None:
             # clip -> blur -> scale -> clip as one fused op (kernels.blur_occupancy).
             occ = kernels.blur_occupancy(occ, sigma, s.kernel_size, scale, backend=s.backend)
@@ -148,6 +193,7 @@ class PointCloudRenderer(nn.Module):
 
         if s.projection == "max":
             sil = kernels.max_project(occ)
+            sil = sil + poison.view(-1, 1, 1)
             return RenderOutput(sil, None, None, occ if return_voxels else None, None)
         proj = kernels.ray_project(
             occ,
@@ -159,6 +205,11 @@ class PointCloudRenderer(nn.Module):
             return_probs=return_probs,
             backend=s.backend,
         )
+        pv = poison.view(-1, 1, 1)
         return RenderOutput(
-            proj.silhouette, proj.depth, proj.color, occ if return_voxels else None, proj.probs
+            proj.silhouette + pv,
+            proj.depth + pv if proj.depth is not None else None,
+            proj.color + pv[:, None] if proj.color is not None else None,
+            occ if return_voxels else None,
+            proj.probs,
         )

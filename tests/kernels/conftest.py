@@ -9,11 +9,17 @@ checks at full size on a GPU.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 import kernels._utils as kutils
+
+# A fixed folder so the one-off KeOps compile (~15 s on CPU) of the Chamfer tests is
+# reused across runs; wandb stays offline in every test.
+os.environ.setdefault("KEOPS_CACHE_FOLDER", os.path.join(tempfile.gettempdir(), "dpc-keops-cache"))
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -53,11 +59,12 @@ def gpu_blocks(monkeypatch):
     """Use the GPU block sizes even under the interpreter, so a test covers launches
     with many programs and partial tiles (the interpreter normally uses one big block)."""
     import kernels.blur
+    import kernels.fused
     import kernels.project
     import kernels.splat
 
     def small(gpu_block: int, extent: int, interpret_cap: int = 0) -> int:
         return min(kutils.next_pow2(extent), gpu_block)
 
-    for mod in (kernels.blur, kernels.project, kernels.splat):
+    for mod in (kernels.blur, kernels.fused, kernels.project, kernels.splat):
         monkeypatch.setattr(mod, "launch_block", small)

@@ -36,3 +36,11 @@ TOL = {
     torch.float32: {"fwd": (1e-6, 1e-5), "bwd": (1e-5, 1e-4)},
     torch.float64: {"fwd": (1e-12, 1e-11), "bwd": (1e-11, 1e-10)},
 }
+
+
+def occupancy_input(shape, gen, dtype):
+    """Splat-like volume: half zeros, values in (-0.2, 2.2): some > 1 (clipped before the
+    blur) and a few negative (never from a splat, but the clip must handle them)."""
+    x = torch.rand(shape, generator=gen, dtype=torch.float64) * 2.4 - 0.2
+    x = torch.where(torch.rand(shape, generator=gen, dtype=torch.float64) < 0.5, 0.0, x)
+    return x.to(dtype).to(DEVICE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import DEVICE, TOL, assert_parity, needs_cuda
+from kernel_testlib import DEVICE, TOL, assert_parity, needs_cuda, occupancy_input
 
 from kernels.blur import Blur3d, BlurOccupancy, blur3d, blur_occupancy
 from kernels.reference import blur3d_ref
@@ -31,19 +31,11 @@ def test_blur_parity(shape, sigma, K, dtype, gen):
     assert_parity(g, g_r, *TOL[dtype]["bwd"], name="grad_volume")
 
 
-def _occupancy_input(shape, gen, dtype):
-    """Splat-like volume: mostly 0, values in (0, 1), some > 1 (clipped before the blur)
-    and a few negative (never from a splat, but the clip must handle them)."""
-    x = torch.rand(shape, generator=gen, dtype=torch.float64) * 2.4 - 0.2
-    x = torch.where(torch.rand(shape, generator=gen, dtype=torch.float64) < 0.5, 0.0, x)
-    return x.to(dtype).to(DEVICE)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_scale", [True, False])
 @pytest.mark.parametrize("shape,sigma,K", CASES[:3])
 def test_blur_occupancy_parity(shape, sigma, K, with_scale, dtype, gen):
-    x = _occupancy_input(shape, gen, dtype).requires_grad_()
+    x = occupancy_input(shape, gen, dtype).requires_grad_()
     inputs = [x]
     scale = None
     if with_scale:
@@ -63,7 +55,7 @@ def test_blur_occupancy_parity(shape, sigma, K, with_scale, dtype, gen):
 
 def test_blur_occupancy_reference_is_pipeline_composition(gen):
     """The fused op's reference path is exactly the pipeline's clamp/blur/scale/clamp."""
-    x = _occupancy_input((2, 1, 6, 7, 8), gen, torch.float32)
+    x = occupancy_input((2, 1, 6, 7, 8), gen, torch.float32)
     s = torch.rand(2, generator=gen)
     y = blur_occupancy(x, 1.2, 5, s, backend="reference")
     y_r = (blur3d_ref(x.clamp(0, 1), 1.2, 5) * s.view(-1, 1, 1, 1, 1)).clamp(0, 1)
@@ -107,7 +99,7 @@ def test_blur_occupancy_gradcheck(gen):
 def test_blur_occupancy_parity_full_size_cuda():
     gen = torch.Generator().manual_seed(0)
     shape = (32, 1, 64, 64, 64)
-    x = _occupancy_input(shape, gen, torch.float32).requires_grad_()
+    x = occupancy_input(shape, gen, torch.float32).requires_grad_()
     s = (torch.rand(32, generator=gen) + 0.5).cuda().requires_grad_()
     y = blur_occupancy(x, 3.0, 21, s, backend="triton")
     y_r = blur_occupancy(x, 3.0, 21, s, backend="reference")
@@ -124,7 +116,7 @@ def test_blur_occupancy_many_tiles(gpu_blocks, gen):
     """GPU tile sizes (32 x up-to-128): many programs, partial tiles, rows of one tile
     spanning two batch elements in the d(scale) reduction."""
     shape = (3, 1, 7, 9, 150)  # W = 150 > 128: two column tiles with a partial one
-    x = _occupancy_input(shape, gen, torch.float64).requires_grad_()
+    x = occupancy_input(shape, gen, torch.float64).requires_grad_()
     s = (torch.rand(3, generator=gen, dtype=torch.float64) * 2 + 0.3).to(DEVICE)
     s.requires_grad_()
     y = blur_occupancy(x, 1.5, 5, s, backend="triton")
