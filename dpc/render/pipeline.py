@@ -51,6 +51,7 @@ class RenderSettings:
             kernel_size=int(r.pc_gauss_kernel_size),
             projection=str(r.get("projection", "drc")),
             backend=str(r.get("backend", "auto")),
+            kernel_variant=str(r.get("kernel_variant", "passes")),
         )
 
 
