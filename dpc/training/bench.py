@@ -44,7 +44,9 @@ def time_variant(
     fwd = torch.compile(model) if compile_ else model
     r = PointCloudRenderer(
         RenderSettings(
-            vox_size=int(cfg.render.vox_size), kernel_size=int(cfg.render.pc_gauss_kernel_size)
+            vox_size=int(cfg.render.vox_size),
+            kernel_size=int(cfg.render.pc_gauss_kernel_size),
+            backend=str(cfg.render.get("backend", "auto")),
         )
     )
     B = int(cfg.trainer.batch_size)
