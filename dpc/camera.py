@@ -222,7 +222,8 @@ def world_to_grid(
     focal_length: float = FOCAL_LENGTH,
 ) -> Tensor:
     """Rotate object-frame ``points`` ``[B, N, 3]`` by camera ``q`` ``[B, 4]`` (normalised
-    here; same result as :func:`quat_rotate` up to rounding), add an optional camera-frame ``translation`` ``[B, 3]``, and project.
+    here; same result as :func:`quat_rotate` up to rounding), add an optional camera-frame
+    ``translation`` ``[B, 3]``, and project.
 
     Returns grid coordinates ``[B, N, 3]`` (depth, row, col) as in
     :func:`perspective_transform`.
