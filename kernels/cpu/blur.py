@@ -23,70 +23,96 @@ from kernels.reference import blur3d_ref, blur_occupancy_ref, gaussian_kernel1d
 # values (r = (K - 1) // 2), data in columns [r, r + W) of the padded input ``Pf`` and in
 # columns [0, W) of the outputs. The W pass is then one long multiply-add per tap over
 # the flattened slice, ``Q[j] = sum_t k[t] Pf[j + t]`` (columns >= W of Q pick up values
-# of the next row: they are never read back into data columns, because the H and D
-# passes only mix cells of the same column), and the H pass another,
-# ``R[j] = sum_t k[t] Qpad[j + t Wp]`` over Q with r zero rows above and below. Long
-# branch-free loops that LLVM vectorises; the K-tap sums cost K multiply-adds per cell
-# instead of the G of a banded matmul.
+# of the next row: never read back into data columns, because the H pass only mixes
+# cells of the same column), and the H pass another, ``R[j] = sum_t k[t] Qpad[j + t Wp]``
+# over Q with r zero rows above and below; its data columns go to a compact
+# [D + 2r, H*W] buffer (r zero slices at each end), and the D pass runs over blocks of
+# pixels of it, all depths of a block before the next (the taps stay in cache). Each
+# sum accumulates a block of BS values over all K taps (in L1) before moving on. The
+# K-tap sums cost K multiply-adds per cell instead of the G of a banded matmul.
+#
+# Loops index views with the bare loop variable: numba then drops its negative-index
+# wrap-around code and LLVM vectorises them (8x faster than ``a[off + j]``).
+
+BS = 256  # values per accumulation block (1-2 KB: stays in L1 across the K taps)
 
 
 @njit
-def _wh_slice(Pf, Qpad, k, L, Wp, dst):
-    """W then H pass of one padded slice ``Pf`` [L + 2r] (L = H * Wp) into ``dst`` [L]."""
+def _taps_sum(src, stride, k, acc, n):
+    """``acc[j] = sum_t k[t] src[j + t * stride]`` for j < n (src a view at the block).
+
+    The Gaussian is symmetric (``k[t] == k[K-1-t]`` exactly), so mirrored taps share a
+    multiply, and two pairs go per sweep over ``acc``: the loop is bound by loads and
+    stores of ``acc``, and this does a quarter of them."""
     K = k.shape[0]
     r = (K - 1) // 2
-    zero = k[0] - k[0]
-    # Loops index views with the bare loop variable: numba then drops its negative-index
-    # wrap-around code and LLVM vectorises them (8x faster than ``a[off + j]``).
-    q = Qpad[r * Wp : r * Wp + L]
-    for j in range(L):
-        q[j] = zero
-    for t in range(K):
-        kt = k[t]
-        src = Pf[t : t + L]
-        for j in range(L):
-            q[j] += kt * src[j]
-    for j in range(L):
-        dst[j] = zero
-    for t in range(K):
-        kt = k[t]
-        src = Qpad[t * Wp : t * Wp + L]
-        for j in range(L):
-            dst[j] += kt * src[j]
+    kc = k[r]
+    s = src[r * stride : r * stride + n]
+    for j in range(n):
+        acc[j] = kc * s[j]
+    t = 0
+    while t + 1 < r:
+        ka = k[t]
+        kb = k[t + 1]
+        a1 = src[t * stride : t * stride + n]
+        a2 = src[(K - 1 - t) * stride : (K - 1 - t) * stride + n]
+        b1 = src[(t + 1) * stride : (t + 1) * stride + n]
+        b2 = src[(K - 2 - t) * stride : (K - 2 - t) * stride + n]
+        for j in range(n):
+            acc[j] += ka * (a1[j] + a2[j]) + kb * (b1[j] + b2[j])
+        t += 2
+    if t < r:
+        ka = k[t]
+        a1 = src[t * stride : t * stride + n]
+        a2 = src[(K - 1 - t) * stride : (K - 1 - t) * stride + n]
+        for j in range(n):
+            acc[j] += ka * (a1[j] + a2[j])
 
 
 @njit
-def _d_row(Bt, k, d, acc):
-    """D pass for output slice ``d``: ``acc = sum_t k[t] Bt[d + t - r]`` (zero outside)."""
-    D, L = Bt.shape
+def _wh_slice(Pf, Qpad, R, k, H, W, dst):
+    """W then H pass of one padded slice ``Pf`` [H * Wp + 2r] into ``dst`` [H * W]
+    (compact); ``Qpad`` [(H + 2r) * Wp] (pad rows zero) and ``R`` [H * Wp] are scratch."""
     K = k.shape[0]
     r = (K - 1) // 2
-    zero = k[0] - k[0]
-    for j in range(L):
-        acc[j] = zero
-    for t in range(K):
-        dd = d + t - r
-        if dd < 0 or dd >= D:
-            continue
-        kt = k[t]
-        src = Bt[dd]
-        for j in range(L):
-            acc[j] += kt * src[j]
+    Wp = W + 2 * r
+    L = H * Wp
+    off = r * Wp
+    for j0 in range(0, L, BS):
+        n = min(BS, L - j0)
+        _taps_sum(Pf[j0:], 1, k, Qpad[off + j0 : off + j0 + n], n)
+    for j0 in range(0, L, BS):
+        n = min(BS, L - j0)
+        _taps_sum(Qpad[j0:], Wp, k, R[j0 : j0 + n], n)
+    for h in range(H):
+        d = dst[h * W : h * W + W]
+        s = R[h * Wp : h * Wp + W]
+        for w in range(W):
+            d[w] = s[w]
+
+
+@njit
+def _scratch(D, H, W, K, dtype):
+    r = (K - 1) // 2
+    Wp = W + 2 * r
+    Pf = np.zeros(H * Wp + 2 * r, dtype)  # pad columns stay zero
+    Qpad = np.zeros((H + 2 * r) * Wp, dtype)  # pad rows stay zero
+    R = np.empty(H * Wp, dtype)
+    Bt = np.zeros((D + 2 * r, H * W), dtype)  # r zero slices before and after the volume
+    acc = np.empty(BS, dtype)
+    return Pf, Qpad, R, Bt, acc
 
 
 @njit
 def _blur_occ_fwd(vol, scale, k, y, out, one):
     """vol [b, C, D, H, W] -> y = blur(clamp(vol, 0, 1)) and out = clamp(scale[b] y, 0, 1)."""
     nb, C, D, H, W = vol.shape
-    K = k.shape[0]
-    r = (K - 1) // 2
+    r = (k.shape[0] - 1) // 2
     Wp = W + 2 * r
-    L = H * Wp
+    P = H * W
     zero = one - one
-    Pf = np.zeros(L + 2 * r, vol.dtype)
-    Qpad = np.zeros(L + 2 * r * Wp, vol.dtype)
-    Bt = np.empty((D, L), vol.dtype)
-    acc = np.empty(L, vol.dtype)
+    Pf, Qpad, R, Bt, acc = _scratch(D, H, W, k.shape[0], vol.dtype)
+    Bf = Bt.reshape(-1)
     for b in range(nb):
         s = scale[b]
         for c in range(C):
@@ -98,19 +124,21 @@ def _blur_occ_fwd(vol, scale, k, y, out, one):
                         v = src[w]
                         v = v if v > zero else zero
                         pr[w] = v if v < one else one
-                _wh_slice(Pf, Qpad, k, L, Wp, Bt[d])
-            for d in range(D):
-                _d_row(Bt, k, d, acc)
-                for h in range(H):
-                    yr = y[b, c, d, h]
-                    orow = out[b, c, d, h]
-                    ar = acc[h * Wp : h * Wp + W]
-                    for w in range(W):
-                        v = ar[w]
-                        yr[w] = v
+                _wh_slice(Pf, Qpad, R, k, H, W, Bt[r + d])
+            yf = y[b, c].reshape(D, P)
+            of = out[b, c].reshape(D, P)
+            for j0 in range(0, P, BS):
+                n = min(BS, P - j0)
+                for d in range(D):
+                    _taps_sum(Bf[d * P + j0 :], P, k, acc, n)
+                    yr = yf[d, j0 : j0 + n]
+                    orow = of[d, j0 : j0 + n]
+                    for j in range(n):
+                        v = acc[j]
+                        yr[j] = v
                         z = v * s
                         z = z if z > zero else zero
-                        orow[w] = z if z < one else one
+                        orow[j] = z if z < one else one
 
 
 @njit
@@ -119,15 +147,12 @@ def _blur_occ_bwd(vol, y, scale, g, k, g_vol, g_scale, one):
     where ``0 <= s y <= 1`` (bounds included); g_scale[b] = sum of g * y there. Then the
     (self-adjoint) blur, then the input clip's mask ``0 <= vol <= 1``."""
     nb, C, D, H, W = vol.shape
-    K = k.shape[0]
-    r = (K - 1) // 2
+    r = (k.shape[0] - 1) // 2
     Wp = W + 2 * r
-    L = H * Wp
+    P = H * W
     zero = one - one
-    Pf = np.zeros(L + 2 * r, vol.dtype)
-    Qpad = np.zeros(L + 2 * r * Wp, vol.dtype)
-    Bt = np.empty((D, L), vol.dtype)
-    acc = np.empty(L, vol.dtype)
+    Pf, Qpad, R, Bt, acc = _scratch(D, H, W, k.shape[0], vol.dtype)
+    Bf = Bt.reshape(-1)
     for b in range(nb):
         s = scale[b]
         gs = zero
@@ -144,16 +169,18 @@ def _blur_occ_bwd(vol, y, scale, g, k, g_vol, g_scale, one):
                             pr[w] = gr[w] * s
                         else:
                             pr[w] = zero
-                _wh_slice(Pf, Qpad, k, L, Wp, Bt[d])
-            for d in range(D):
-                _d_row(Bt, k, d, acc)
-                for h in range(H):
-                    vr = vol[b, c, d, h]
-                    gv = g_vol[b, c, d, h]
-                    ar = acc[h * Wp : h * Wp + W]
-                    for w in range(W):
-                        v = vr[w]
-                        gv[w] = ar[w] if (v >= zero and v <= one) else zero
+                _wh_slice(Pf, Qpad, R, k, H, W, Bt[r + d])
+            vf = vol[b, c].reshape(D, P)
+            gf = g_vol[b, c].reshape(D, P)
+            for j0 in range(0, P, BS):
+                n = min(BS, P - j0)
+                for d in range(D):
+                    _taps_sum(Bf[d * P + j0 :], P, k, acc, n)
+                    vr = vf[d, j0 : j0 + n]
+                    gv = gf[d, j0 : j0 + n]
+                    for j in range(n):
+                        v = vr[j]
+                        gv[j] = acc[j] if (v >= zero and v <= one) else zero
         g_scale[b] = gs
 
 
@@ -161,14 +188,11 @@ def _blur_occ_bwd(vol, y, scale, g, k, g_vol, g_scale, one):
 def _blur_plain(vol, k, out):
     """out = blur(vol) for vol [b, C, D, H, W] (no clipping)."""
     nb, C, D, H, W = vol.shape
-    K = k.shape[0]
-    r = (K - 1) // 2
+    r = (k.shape[0] - 1) // 2
     Wp = W + 2 * r
-    L = H * Wp
-    Pf = np.zeros(L + 2 * r, vol.dtype)
-    Qpad = np.zeros(L + 2 * r * Wp, vol.dtype)
-    Bt = np.empty((D, L), vol.dtype)
-    acc = np.empty(L, vol.dtype)
+    P = H * W
+    Pf, Qpad, R, Bt, acc = _scratch(D, H, W, k.shape[0], vol.dtype)
+    Bf = Bt.reshape(-1)
     for b in range(nb):
         for c in range(C):
             for d in range(D):
@@ -177,14 +201,12 @@ def _blur_plain(vol, k, out):
                     pr = Pf[h * Wp + r : h * Wp + r + W]
                     for w in range(W):
                         pr[w] = src[w]
-                _wh_slice(Pf, Qpad, k, L, Wp, Bt[d])
-            for d in range(D):
-                _d_row(Bt, k, d, acc)
-                for h in range(H):
-                    orow = out[b, c, d, h]
-                    ar = acc[h * Wp : h * Wp + W]
-                    for w in range(W):
-                        orow[w] = ar[w]
+                _wh_slice(Pf, Qpad, R, k, H, W, Bt[r + d])
+            of = out[b, c].reshape(D, P)
+            for j0 in range(0, P, BS):
+                n = min(BS, P - j0)
+                for d in range(D):
+                    _taps_sum(Bf[d * P + j0 :], P, k, of[d, j0 : j0 + n], n)
 
 
 def _taps(sigma: float, kernel_size: int, like: Tensor):

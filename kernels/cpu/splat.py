@@ -19,15 +19,16 @@ from kernels.reference import splat_points_ref
 
 
 @njit
-def _splat_fwd(points, feats, occ, fvol, D, H, W, one, half):
+def _splat_fwd(points, feats, occ, fvol, D, H, W, one, half, fD, fH, fW):
     """points [b, N, 3], feats [b, N, C] -> occ [b, D*H*W] and fvol [b, C, D*H*W]
-    (both zero on entry, accumulated)."""
+    (both zero on entry, accumulated). ``one``, ``half`` and ``fD = D - 1`` etc. come
+    typed as the points' dtype, so float32 inputs are computed in float32 as in the
+    reference."""
     nb, N, _ = points.shape
     C = feats.shape[2]
-    fD = one * (D - 1)
-    fH = one * (H - 1)
-    fW = one * (W - 1)
+    HW = H * W
     for b in range(nb):
+        ob = occ[b]
         for n in range(N):
             x0 = points[b, n, 0]
             x1 = points[b, n, 1]
@@ -52,43 +53,63 @@ def _splat_fwd(points, feats, occ, fvol, D, H, W, one, half):
             r0 = u0 - f0
             r1 = u1 - f1
             r2 = u2 - f2
-            i0 = int(f0)
-            j0 = int(f1)
-            k0 = int(f2)
+            q0 = one - r0
+            q1 = one - r1
+            q2 = one - r2
+            # Unsigned indices: numba then skips its negative-index wrap-around code.
+            i0 = np.uint64(f0)
+            j0 = np.uint64(f1)
+            k0 = np.uint64(f2)
+            if C == 0 and i0 + 1 < D and j0 + 1 < H and k0 + 1 < W:
+                # Interior point (almost all of them): the 8 corners unrolled,
+                # weights associated (w0 * w1) * w2 as in the reference.
+                w00 = q0 * q1
+                w01 = q0 * r1
+                w10 = r0 * q1
+                w11 = r0 * r1
+                i = (i0 * H + j0) * W + k0
+                ob[i] += w00 * q2
+                ob[i + 1] += w00 * r2
+                ob[i + W] += w01 * q2
+                ob[i + W + 1] += w01 * r2
+                i += HW
+                ob[i] += w10 * q2
+                ob[i + 1] += w10 * r2
+                ob[i + W] += w11 * q2
+                ob[i + W + 1] += w11 * r2
+                continue
             for a in range(2):
                 i = i0 + a
                 if i >= D:
-                    continue
-                w0 = r0 if a == 1 else one - r0
+                    continue  # a corner beyond the far face (weight 0): skipped
+                w0 = r0 if a == 1 else q0
                 for bb in range(2):
                     j = j0 + bb
                     if j >= H:
                         continue
-                    w1 = r1 if bb == 1 else one - r1
-                    w01 = w0 * w1
+                    w01 = w0 * (r1 if bb == 1 else q1)
                     row = (i * H + j) * W
                     for c in range(2):
                         k = k0 + c
                         if k >= W:
                             continue
-                        w = w01 * (r2 if c == 1 else one - r2)  # (w0 * w1) * w2 as the ref
+                        w = w01 * (r2 if c == 1 else q2)
                         idx = row + k
-                        occ[b, idx] += w
+                        ob[idx] += w
                         for ch in range(C):
                             fvol[b, ch, idx] += w * feats[b, n, ch]
 
 
 @njit
-def _splat_bwd(points, feats, g_occ, g_fvol, g_points, g_feats, D, H, W, one, half):
+def _splat_bwd(points, feats, g_occ, g_fvol, g_points, g_feats, D, H, W, one, half, fD, fH, fW):
     """Gradients of :func:`_splat_fwd`: g_occ [b, DHW], g_fvol [b, C, DHW] ->
     g_points [b, N, 3] and g_feats [b, N, C] (written, not accumulated)."""
     nb, N, _ = points.shape
     C = feats.shape[2]
+    HW = H * W
     zero = one - one
-    fD = one * (D - 1)
-    fH = one * (H - 1)
-    fW = one * (W - 1)
     for b in range(nb):
+        gob = g_occ[b]
         for n in range(N):
             for ch in range(C):
                 g_feats[b, n, ch] = zero
@@ -116,33 +137,61 @@ def _splat_bwd(points, feats, g_occ, g_fvol, g_points, g_feats, D, H, W, one, ha
             r0 = u0 - f0
             r1 = u1 - f1
             r2 = u2 - f2
-            i0 = int(f0)
-            j0 = int(f1)
-            k0 = int(f2)
+            q0 = one - r0
+            q1 = one - r1
+            q2 = one - r2
+            i0 = np.uint64(f0)
+            j0 = np.uint64(f1)
+            k0 = np.uint64(f2)
+            if C == 0 and i0 + 1 < D and j0 + 1 < H and k0 + 1 < W:
+                i = (i0 * H + j0) * W + k0
+                c000 = gob[i]
+                c001 = gob[i + 1]
+                c010 = gob[i + W]
+                c011 = gob[i + W + 1]
+                i += HW
+                c100 = gob[i]
+                c101 = gob[i + 1]
+                c110 = gob[i + W]
+                c111 = gob[i + W + 1]
+                # d/dr of sum_corners w * g, grouped by differences along each axis.
+                g0 = q1 * (q2 * (c100 - c000) + r2 * (c101 - c001)) + r1 * (
+                    q2 * (c110 - c010) + r2 * (c111 - c011)
+                )
+                g1 = q0 * (q2 * (c010 - c000) + r2 * (c011 - c001)) + r0 * (
+                    q2 * (c110 - c100) + r2 * (c111 - c101)
+                )
+                g2 = q0 * (q1 * (c001 - c000) + r1 * (c011 - c010)) + r0 * (
+                    q1 * (c101 - c100) + r1 * (c111 - c110)
+                )
+                g_points[b, n, 0] = g0 * fD
+                g_points[b, n, 1] = g1 * fH
+                g_points[b, n, 2] = g2 * fW
+                continue
             g0 = zero
             g1 = zero
             g2 = zero
             for a in range(2):
                 i = i0 + a
                 if i >= D:
-                    continue
-                w0 = r0 if a == 1 else one - r0
+                    continue  # skipped in the forward, so no gradient either
+                w0 = r0 if a == 1 else q0
                 s0 = one if a == 1 else -one
                 for bb in range(2):
                     j = j0 + bb
                     if j >= H:
                         continue
-                    w1 = r1 if bb == 1 else one - r1
+                    w1 = r1 if bb == 1 else q1
                     s1 = one if bb == 1 else -one
                     row = (i * H + j) * W
                     for c in range(2):
                         k = k0 + c
                         if k >= W:
                             continue
-                        w2 = r2 if c == 1 else one - r2
+                        w2 = r2 if c == 1 else q2
                         s2 = one if c == 1 else -one
                         idx = row + k
-                        g = g_occ[b, idx]
+                        g = gob[idx]
                         if C > 0:
                             w = w0 * w1 * w2
                             for ch in range(C):
@@ -160,6 +209,12 @@ def _splat_bwd(points, feats, g_occ, g_fvol, g_points, g_feats, D, H, W, one, ha
 def _no_feats(points: Tensor) -> np.ndarray:
     dt = np.float32 if points.dtype == torch.float32 else np.float64
     return np.empty((points.shape[0], points.shape[1], 0), dtype=dt)
+
+
+def _params(points: Tensor, D: int, H: int, W: int) -> tuple:
+    """Sizes and the constants typed as the points' dtype (see :func:`_splat_fwd`)."""
+    c = [scalar(points, v) for v in (1.0, 0.5, D - 1, H - 1, W - 1)]
+    return (D, H, W, *c)
 
 
 class SplatPointsCPU(torch.autograd.Function):
@@ -186,7 +241,7 @@ class SplatPointsCPU(torch.autograd.Function):
                 fts,
                 np_(occ).reshape(B, D * H * W),
                 fvol,
-                extra=(D, H, W, scalar(points, 1.0), scalar(points, 0.5)),
+                extra=_params(points, D, H, W),
             )
         ctx.save_for_backward(points, features)
         ctx.size = size
@@ -223,7 +278,7 @@ class SplatPointsCPU(torch.autograd.Function):
                 gf,
                 np_(g_points),
                 gfe,
-                extra=(D, H, W, scalar(points, 1.0), scalar(points, 0.5)),
+                extra=_params(points, D, H, W),
             )
         return g_points, g_features, None
 
