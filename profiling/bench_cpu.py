@@ -16,6 +16,16 @@ Part 2, full training steps (batch, networks, renderer, losses, backward, Adam) 
 ``car_quick`` and ``car_quick_camera_supervision`` on ``data/car_small``, timed by
 :func:`dpc.training.bench.time_variant` with ``render.backend=reference`` and ``auto``,
 alternating in rounds; medians of the rounds' medians.
+
+``--thread-study`` times the fast path with 1 and 2 torch threads, on the machine as it
+is and again while a busy-loop Python process (started and stopped here) loads a core:
+renderer forward + backward at ``car_quick`` scale and ``car_quick`` training steps.
+
+``--compare-logs BASE OTHER [OTHER ...]`` compares the per-step ``projection_loss`` of
+training runs' ``train_log.jsonl`` (run with ``trainer.log_every=1``) instead: for each
+other run, the relative difference |other - base| / base per step (max, median, and at
+the last step), so the fast path's difference to the reference can be set against the
+spread of a second reference run that differs only in float32 rounding (2 threads).
 """
 
 from __future__ import annotations
@@ -52,17 +62,19 @@ def _inputs(B: int, N: int, G: int, seed: int = 0):
     return pts, quat, scale, target
 
 
-def time_renderer(scale: str, reps: int, warmup: int) -> dict[str, dict[str, float]]:
+def time_renderer(
+    scale: str, reps: int, warmup: int, backends=BACKENDS
+) -> dict[str, dict[str, float]]:
     """Median fwd / bwd / fwd+bwd ms per backend at one scale (backends alternate)."""
     c = SCALES[scale]
     pts0, quat, sc0, target = _inputs(c["B"], c["N"], c["G"])
     rend = {
         b: PointCloudRenderer(RenderSettings(vox_size=c["G"], kernel_size=c["K"], backend=b))
-        for b in BACKENDS
+        for b in backends
     }
-    times = {b: {"fwd": [], "bwd": [], "fwd+bwd": []} for b in BACKENDS}
+    times = {b: {"fwd": [], "bwd": [], "fwd+bwd": []} for b in backends}
     for rep in range(warmup + reps):
-        for b in BACKENDS:
+        for b in backends:
             pts = pts0.clone().requires_grad_()
             sc = sc0.clone().requires_grad_()
             t0 = time.perf_counter()
@@ -78,7 +90,9 @@ def time_renderer(scale: str, reps: int, warmup: int) -> dict[str, dict[str, flo
     return {b: {k: 1000 * statistics.median(v) for k, v in t.items()} for b, t in times.items()}
 
 
-def time_training(experiment: str, rounds: int, steps: int, warmup: int) -> dict[str, float]:
+def time_training(
+    experiment: str, rounds: int, steps: int, warmup: int, backends=BACKENDS
+) -> dict[str, float]:
     """Median training-step ms per backend for ``+experiment=<experiment>``."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
@@ -86,21 +100,78 @@ def time_training(experiment: str, rounds: int, steps: int, warmup: int) -> dict
     from dpc.training.bench import CONFIGS, time_variant
     from dpc.training.data import open_training_data
 
-    cfgs, per = {}, {b: [] for b in BACKENDS}
+    cfgs, per = {}, {b: [] for b in backends}
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        for b in BACKENDS:
+        for b in backends:
             cfgs[b] = compose(
                 "train", overrides=[f"+experiment={experiment}", f"render.backend={b}"]
             )
             with open_dict(cfgs[b]):
                 cfgs[b].paths.run_dir = "/tmp/unused"
-    reader = open_training_data(cfgs[BACKENDS[0]])
+    reader = open_training_data(cfgs[backends[0]])
     dev = torch.device("cpu")
     for _ in range(rounds):
-        for b in BACKENDS:
+        for b in backends:
             ms, _ = time_variant(cfgs[b], reader, False, False, 0, steps, warmup, dev)
             per[b].append(ms)
     return {b: statistics.median(v) for b, v in per.items()}
+
+
+def thread_study(reps: int, steps: int) -> None:
+    """Fast path with 1 and 2 threads, without and with a busy-loop process."""
+    import subprocess
+
+    print("\nThreads (fast path, median ms; 1 and 2 threads alternate)")
+    print(f"{'load':22s} {'what':28s} {'1 thread':>9s} {'2 threads':>9s} {'1t/2t':>6s}")
+    for load in ("as is", "+ busy-loop process"):
+        busy = None
+        if load != "as is":
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            ren = {1: [], 2: []}
+            for _ in range(3):
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    ren[t].append(time_renderer("car_quick", reps, 1, ("auto",))["auto"]["fwd+bwd"])
+            r1, r2 = statistics.median(ren[1]), statistics.median(ren[2])
+            print(
+                f"{load:22s} {'renderer fwd+bwd car_quick':28s} {r1:9.1f} {r2:9.1f} {r1 / r2:6.2f}"
+            )
+            tr = {1: [], 2: []}
+            for _ in range(2):
+                for t in (1, 2):
+                    torch.set_num_threads(t)
+                    tr[t].append(time_training("car_quick", 1, steps, 3, ("auto",))["auto"])
+            t1, t2 = statistics.median(tr[1]), statistics.median(tr[2])
+            print(f"{load:22s} {'training step car_quick':28s} {t1:9.1f} {t2:9.1f} {t1 / t2:6.2f}")
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+
+
+def compare_logs(paths: list[str], key: str = "projection_loss") -> None:
+    """Print per-step relative differences of ``key`` of runs ``paths[1:]`` to ``paths[0]``."""
+    import json
+
+    def load(p):
+        f = Path(p)
+        f = f / "train_log.jsonl" if f.is_dir() else f
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        return {r["step"]: r[key] for r in rows if key in r}
+
+    base = load(paths[0])
+    print(f"{key}: relative difference per step to {paths[0]}")
+    print(f"{'run':50s} {'steps':>5s} {'max':>9s} {'median':>9s} {'last':>9s} {'max@step':>8s}")
+    for p in paths[1:]:
+        other = load(p)
+        steps = sorted(set(base) & set(other))
+        rel = [abs(other[s] - base[s]) / abs(base[s]) for s in steps]
+        worst = steps[max(range(len(rel)), key=rel.__getitem__)]
+        print(
+            f"{p[-50:]:50s} {len(steps):5d} {max(rel):9.2e} {statistics.median(rel):9.2e} "
+            f"{rel[-1]:9.2e} {worst:8d}"
+        )
 
 
 def main(argv=None) -> None:
@@ -112,7 +183,15 @@ def main(argv=None) -> None:
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-paper", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes only (smoke test)")
+    p.add_argument("--thread-study", action="store_true", help="see above")
+    p.add_argument("--compare-logs", nargs="+", metavar="RUN", help="see above")
     a = p.parse_args(argv)
+    if a.compare_logs:
+        compare_logs(a.compare_logs)
+        return
+    if a.thread_study:
+        thread_study(a.reps, a.steps)
+        return
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     scales = ["quick"] if a.quick else ["car_quick"] + ([] if a.skip_paper else ["paper"])
