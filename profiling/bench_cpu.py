@@ -181,6 +181,12 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="training rounds per backend")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per round")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument(
+        "--experiments",
+        default="car_quick,car_quick_camera_supervision",
+        help="comma-separated experiments for the training-step part",
+    )
+    p.add_argument("--skip-renderer", action="store_true")
     p.add_argument("--skip-paper", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny sizes only (smoke test)")
     p.add_argument("--thread-study", action="store_true", help="see above")
@@ -197,7 +203,7 @@ def main(argv=None) -> None:
     scales = ["quick"] if a.quick else ["car_quick"] + ([] if a.skip_paper else ["paper"])
     print("\nRenderer (median ms; loss = squared error to a target silhouette)")
     print(f"{'scale':10s} {'pass':8s} {'reference':>10s} {'cpu':>9s} {'speed-up':>9s}")
-    for s in scales:
+    for s in [] if a.skip_renderer else scales:
         reps = 2 if a.quick else (a.reps if s == "car_quick" else max(3, a.reps // 2))
         r = time_renderer(s, reps, 1)
         for k in ("fwd", "bwd", "fwd+bwd"):
@@ -207,7 +213,7 @@ def main(argv=None) -> None:
         return
     print("\nTraining step (median ms over rounds; dpc.training.bench.time_variant)")
     print(f"{'experiment':30s} {'reference':>10s} {'cpu':>9s} {'speed-up':>9s}")
-    for exp in ("car_quick", "car_quick_camera_supervision"):
+    for exp in a.experiments.split(","):
         t = time_training(exp, a.rounds, a.steps, 3)
         ref, fast = t["reference"], t["auto"]
         print(f"{exp:30s} {ref:10.1f} {fast:9.1f} {ref / fast:8.1f}x", flush=True)
