@@ -1,7 +1,11 @@
 """Fast CPU path of the renderer ops (``backend="cpu"``, the default for CPU tensors).
 
-One module per op, mirroring the Triton modules one level up. The simple reference in
-:mod:`kernels.reference` stays the oracle these are tested against.
+One module per op, mirroring the Triton modules one level up: numba kernels (compiled
+on first use, cached on disk, see :mod:`kernels.cpu._jit`) behind autograd Functions
+with hand-written backwards, plus :func:`rotate_project_cpu` used by
+:func:`dpc.camera.world_to_grid`. The simple reference in :mod:`kernels.reference` stays
+the oracle these are tested against (tests/kernels/test_cpu_ops.py); numbers in
+profiling/RESULTS.md, section CPU.
 """
 
 import os
