@@ -123,3 +123,40 @@ def test_resize_masks_aligned_corners(size):
     r = C.resize_masks(m, size)
     assert r.shape == (1, size, size)
     assert r[0, 0, 0] == 1.0 and r[0, -1, -1] == 1.0  # corner pixels map onto corners
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fast", [True, False])
+def test_world_to_grid_matrix_path_matches_quaternion_product(dtype, fast, monkeypatch):
+    # world_to_grid rotates with 3x3 matrices: on CPU in one numba pass (fast), else one
+    # bmm; the quaternion cross-product formula (quat_rotate) is the oracle, values and
+    # gradients (points, q, translation), for non-unit q too.
+    if not fast:
+        monkeypatch.setattr(C, "_fast_cpu", lambda *a: False)
+    g = torch.Generator().manual_seed(3)
+    B, N = 5, 37
+    pts = (torch.rand(B, N, 3, generator=g, dtype=dtype) - 0.5).requires_grad_()
+    q = (torch.randn(B, 4, generator=g, dtype=dtype) * 2).requires_grad_()
+    t = torch.randn(B, 3, generator=g, dtype=dtype) * 0.1
+    t.requires_grad_()
+    out = C.world_to_grid(pts, q, t)
+    ref = C.perspective_transform(C.quat_rotate(C.quat_normalize(q), pts) + t[:, None])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, ref, **tol)
+    w = torch.randn(out.shape, generator=g, dtype=dtype)
+    ga = torch.autograd.grad((out * w).sum(), (pts, q, t))
+    gb = torch.autograd.grad((ref * w).sum(), (pts, q, t))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_rotate_project_cpu_gradcheck():
+    from kernels.cpu import rotate_project_cpu
+
+    g = torch.Generator().manual_seed(4)
+    pts = (torch.rand(2, 5, 3, generator=g, dtype=torch.float64) - 0.5).requires_grad_()
+    R = C.quat_to_matrix(torch.randn(2, 4, generator=g, dtype=torch.float64))
+    R = (R + 0.1 * torch.randn(2, 3, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    t = (0.1 * torch.randn(2, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    torch.autograd.gradcheck(lambda p, r, tt: rotate_project_cpu(p, r, tt, 2.0, 1.875), (pts, R, t))
+    torch.autograd.gradcheck(lambda p, r: rotate_project_cpu(p, r, None, 2.0, 1.875), (pts, R))
