@@ -35,6 +35,7 @@ from dpc.eval.metrics import (
     pose_summary,
     shape_metrics_detailed,
 )
+from dpc.eval.pose_report import attach_fit_poses, report_for_alignment, summary_lines
 from dpc.eval.predict import Predictions, predict_split, write_ply
 
 DEFAULTS = {
@@ -166,7 +167,11 @@ def get_alignment(
     path = run_dir / "eval" / "alignment.json"
     if path.exists() and not opts.recompute_alignment:
         al = AlignmentResult.load(path)
-        if al.step == step and al.dataset == dataset_key(cfg, opts.data_path):
+        if (
+            al.step == step
+            and al.dataset == dataset_key(cfg, opts.data_path)
+            and al.fit_q_pred is not None  # older files lack the fit poses (pose_report)
+        ):
             print(f"using saved global alignment {path} (quat {np.round(al.quat, 4).tolist()})")
             return al
         warnings.warn(
@@ -188,6 +193,8 @@ def get_alignment(
     # record kept object indices in the split's numbering
     idx = np.nonzero(ok)[0]
     al.kept = [(int(idx[o]), v) for o, v in al.kept]
+    n_fit = pv.points.shape[0]
+    attach_fit_poses(al, pv.quat[ok], q_gt[ok], f"{split}[:{n_fit}] ({int(ok.sum())} objects)")
     al.save(path)
     print(f"saved global alignment to {path} (quat {np.round(al.quat, 4).tolist()})")
     return al
@@ -232,10 +239,11 @@ def evaluate(**kwargs) -> dict:
     gt = load_gt(reader, split, bool(opts.gt_dense))[:n_obj]
     masks = reader.masks(split)[:n_obj]
     G = int(cfg.render.vox_size)
+    q_gt_split = np.asarray(reader.quats(split))[:n_obj]
     res = score(
         preds,
         gt,
-        np.asarray(reader.quats(split))[:n_obj],
+        q_gt_split,
         al,
         opts,
         masks=masks,
@@ -251,6 +259,11 @@ def evaluate(**kwargs) -> dict:
     )
     if opts.baselines:
         res["baselines"] = baselines(reader, split, gt, res["_valid_gt"], preds.predicts_pose, opts)
+    if preds.predicts_pose:  # paper + flip-robust alignment, flips, ambiguity
+        vg = res["_valid_gt"]
+        res["pose_report"] = report_for_alignment(
+            al, preds.quat[vg], q_gt_split[vg], f"{split}[:{n_obj}] ({int(vg.sum())} objects)"
+        )
     res.pop("_valid_gt")
     res["seconds"] = round(time.time() - t0, 1)
     _write_outputs(out, split, res, preds, al)
@@ -483,6 +496,8 @@ def _print_summary(res: dict, out: Path) -> None:
             lines.append(
                 f"  mean view   acc@30 {mv['accuracy']:.3f}  median {mv['median_deg']:.1f} deg"
             )
+    if "pose_report" in res:
+        lines += summary_lines(res["pose_report"])
     skipped = res["skipped"]
     if skipped["objects_without_gt"] or skipped["views_with_nan_points"]:
         lines.append(

@@ -116,6 +116,13 @@ def validate(
         if q_al is not None:
             ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
             res["val/alignment_deg"] = math.degrees(float(quat_angle(ident, q_al)))
+            from dpc.eval.pose_report import pose_report, scalars  # robust + flips (#15)
+
+            sub = f"{split}[:{n}]"
+            res["pose_report"] = pose_report(
+                preds.quat, q_gt, preds.quat, q_gt, q_al.numpy(), fit_subset=sub, eval_subset=sub
+            )
+            res.update(scalars(res["pose_report"]))
     clouds = []
     if not preds.predicts_pose or q_al is not None:
         prec, cov = [], []
