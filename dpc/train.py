@@ -21,7 +21,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from dpc.losses import add_weight_decay_grad, decay_parameters, l2_weight_decay
-from dpc.models import build_model
+from dpc.models import build_model, upgrade_legacy_checkpoint
 from dpc.render import PointCloudRenderer, RenderSettings
 from dpc.training import schedules
 from dpc.training.checkpoint import (
@@ -189,6 +189,7 @@ def train(cfg: DictConfig) -> dict:
     start_step = 0
     if resume_ckpt is not None:
         ck = load_checkpoint(resume_ckpt, map_location="cpu")
+        ck = upgrade_legacy_checkpoint(ck, model)  # runs saved with the unused pose layer
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start_step = int(ck["step"])
