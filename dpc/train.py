@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -386,16 +385,9 @@ def _log_media(logger: RunLogger, step: int, batch, out, M: int) -> None:
     to 4 objects) and the first object's point cloud."""
     if not logger.active or logger.run is None:
         return
-    from dpc.training.preview import draw_points, panel, to_uint8
+    from dpc.training.preview import training_preview
 
-    rows = []
-    for i in range(min(4, batch["image"].shape[0])):
-        rows.append(
-            [to_uint8(batch["image"][i, 0]), to_uint8(batch["mask"][i, 0])]
-            + [to_uint8(out.silhouette[i, 0, m]) for m in range(M)]
-            + [draw_points(out.points[i].cpu().numpy(), 128, "side")]
-        )
-    img = np.asarray(panel(rows, 96))
+    img = training_preview(batch, out, step)  # titled columns (issue #15)
     cols = out.colors[0].cpu().numpy() if out.colors is not None else None
     logger.media(step, img, out.points[0].cpu().numpy(), cols)
 

@@ -28,7 +28,9 @@ This is the majority mode by construction, deterministic, and needs no point clo
 ``far_deg`` (90) degrees from the first mode, refined the same way. The alignment is
 *ambiguous* when ``second_support >= ambiguity_ratio * first_support`` (default 1/3, i.e.
 a split of 75/25 or closer) and the second mode holds at least ``min_views`` (3) views.
-Near 50/50 it fires; at 90/10 it does not. A second warning fires when the paper's
+Near 50/50 it fires; at 90/10 it does not. When even the first mode holds fewer than
+``min_share`` (20%) of the fit views the poses are mostly noise (an untrained model):
+the report says ``weak`` and raises no warning. A second warning fires when the paper's
 alignment lies more than ``threshold_deg`` from the robust one (it landed in the
 minority mode or between modes).
 """
@@ -103,6 +105,7 @@ def robust_alignment(
     far_deg: float = 90.0,
     ambiguity_ratio: float = 1.0 / 3.0,
     min_views: int = 3,
+    min_share: float = 0.2,
     max_candidates: int = 2000,
 ) -> dict:
     """Consensus alignment (model frame -> GT frame) from per-view poses ``[..., 4]``.
@@ -111,7 +114,9 @@ def robust_alignment(
     first mode, ``second_quat``/``second_support`` of the best mode at least ``far_deg``
     away (None/0 if no view is that far), ``separation_deg``, ``second_is_flip`` (the
     second mode is within ``threshold_deg`` of the front/back flip of the first),
-    ``ratio``, ``ambiguous``, ``num_views``, and the rule's settings.
+    ``ratio``, ``ambiguous``, ``weak`` (no mode holds ``min_share`` of the views: poses
+    are mostly noise, e.g. an untrained model; then nothing is called ambiguous),
+    ``num_views``, and the rule's settings.
     """
     c, _ = relative_rotations(q_pred, q_gt)
     K = len(c)
@@ -140,6 +145,7 @@ def robust_alignment(
         threshold_deg
     )
     ratio = s2 / max(s1, 1)
+    weak = s1 < min_share * K
     return {
         "quat": [float(x) for x in q1],
         "support": s1,
@@ -148,12 +154,14 @@ def robust_alignment(
         "separation_deg": sep,
         "second_is_flip": bool(second_is_flip),
         "ratio": float(ratio),
-        "ambiguous": bool(ratio >= ambiguity_ratio and s2 >= min_views),
+        "ambiguous": bool(ratio >= ambiguity_ratio and s2 >= min_views and not weak),
+        "weak": bool(weak),
         "num_views": K,
         "rule": (
             f"ambiguous when the best mode >= {far_deg:g} deg from the first holds >= "
             f"{ambiguity_ratio:.2f} x the first mode's views (each counted within "
-            f"{threshold_deg:g} deg) and >= {min_views} views"
+            f"{threshold_deg:g} deg) and >= {min_views} views; weak (never ambiguous) "
+            f"when the first mode holds < {min_share:.0%} of the views"
         ),
     }
 
@@ -184,8 +192,11 @@ def pose_figures(q_pred, q_gt, q_align, threshold_deg: float = ACCURACY_DEG) -> 
     }
 
 
-def _public(fig: dict) -> dict:
-    return {k: v for k, v in fig.items() if not k.startswith("errors")}
+def _public(fig: dict, keep_errors: bool = False) -> dict:
+    out = {k: v for k, v in fig.items() if not k.startswith("errors")}
+    if keep_errors:
+        out["errors_deg"] = np.round(fig["errors_deg"], 1).tolist()
+    return out
 
 
 def pose_report(
@@ -199,6 +210,7 @@ def pose_report(
     fit_subset: str = "",
     eval_subset: str = "",
     warn: bool = True,
+    keep_errors: bool = False,
     **robust_kw,
 ) -> dict:
     """Pose accuracy of ``q_pred_eval`` under the paper's and the robust alignment, both fitted
@@ -214,6 +226,8 @@ def pose_report(
             paper figures are left out.
         fit_subset, eval_subset: descriptions recorded in the report (e.g. ``"val[:16]"``).
         warn: emit :class:`AlignmentAmbiguityWarning` for each entry of ``warnings``.
+        keep_errors: also keep the per-view errors (``errors_deg``, 0.1 degree) under
+            ``paper`` / ``robust`` (for :func:`wandb_histograms`).
         robust_kw: settings of :func:`robust_alignment`.
 
     Returns:
@@ -228,7 +242,7 @@ def pose_report(
         "eval": {"subset": eval_subset},
         "robust": {
             "quat": rob["quat"],
-            **_public(pose_figures(q_pred_eval, q_gt_eval, rob["quat"])),
+            **_public(pose_figures(q_pred_eval, q_gt_eval, rob["quat"]), keep_errors),
         },
         "ambiguity": {k: rob[k] for k in rob if k != "quat"},
     }
@@ -259,7 +273,7 @@ def pose_report(
     if q_paper is not None:
         rep["paper"] = {
             "quat": [float(x) for x in q_paper / np.linalg.norm(q_paper)],
-            **_public(pose_figures(q_pred_eval, q_gt_eval, q_paper)),
+            **_public(pose_figures(q_pred_eval, q_gt_eval, q_paper), keep_errors),
         }
         q_paper = q_paper / np.linalg.norm(q_paper)
         d1 = float(angles_deg(q_paper[None], np.array([rob["quat"]]))[0, 0])
@@ -269,7 +283,7 @@ def pose_report(
             d2 = angles_deg(q_paper[None], np.array([rob["second_quat"]]))
             mode = "second" if d2[0, 0] < thr else "neither"
         rep["paper_mode"] = mode
-        if mode != "first":
+        if mode != "first" and not rob["weak"]:
             where = "the minority mode" if mode == "second" else "neither mode"
             msgs.append(
                 f"the paper-protocol alignment lies {d1:.0f} deg from the robust (majority) "
@@ -302,6 +316,7 @@ def summary_lines(rep: dict) -> list[str]:
         f"  modes       {a['support']} vs {a['second_support']} of {a['num_views']} fit views"
         + (f", {a['separation_deg']:.0f} deg apart" if a["separation_deg"] is not None else "")
         + ("  AMBIGUOUS" if a["ambiguous"] else "")
+        + ("  (weak: poses mostly unaligned, no clear mode)" if a.get("weak") else "")
     )
     lines += [f"  WARNING: {m}" for m in rep["warnings"]]
     return lines
@@ -309,10 +324,11 @@ def summary_lines(rep: dict) -> list[str]:
 
 def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     """Loggable scalars of a report: ``pose_accuracy_robust``, ``pose_median_deg_robust``,
-    ``pose_accuracy_up_to_flip``, ``pose_flipped_share`` (under the paper alignment when
-    present, else the robust one), ``alignment_ambiguous`` (0/1), ``alignment_mode_ratio``,
-    ``alignment_fit_views``, ``alignment_paper_vs_robust_deg``."""
-    base = rep.get("paper", rep["robust"])
+    ``pose_accuracy_up_to_flip``, ``pose_flipped_share`` (under the robust alignment: the
+    majority mode, so they do not depend on which mode the paper's alignment picked),
+    ``alignment_ambiguous`` (0/1), ``alignment_mode_ratio``, ``alignment_fit_views``,
+    ``alignment_paper_vs_robust_deg``."""
+    base = rep["robust"]
     out = {
         "pose_accuracy_robust": rep["robust"]["accuracy"],
         "pose_median_deg_robust": rep["robust"]["median_deg"],
@@ -325,6 +341,21 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     if "paper_vs_robust_deg" in rep:
         out["alignment_paper_vs_robust_deg"] = rep["paper_vs_robust_deg"]
     return {prefix + k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def wandb_histograms(rep: dict, wandb_module=None, prefix: str = "val/") -> dict:
+    """``{prefix}pose_error_deg_<paper|robust>``: ``wandb.Histogram`` (5 degree bins over
+    0-180) of the per-view pose errors of a report made with ``keep_errors=True``; front/back
+    flips show up as a second peak near 180."""
+    if wandb_module is None:
+        import wandb as wandb_module
+    out = {}
+    for name in ("paper", "robust"):
+        e = rep.get(name, {}).get("errors_deg")
+        if e:
+            hist = np.histogram(np.asarray(e), bins=36, range=(0.0, 180.0))
+            out[f"{prefix}pose_error_deg_{name}"] = wandb_module.Histogram(np_histogram=hist)
+    return out
 
 
 def attach_fit_poses(al: AlignmentResult, q_pred, q_gt, subset: str) -> AlignmentResult:

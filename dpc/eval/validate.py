@@ -120,7 +120,14 @@ def validate(
 
             sub = f"{split}[:{n}]"
             res["pose_report"] = pose_report(
-                preds.quat, q_gt, preds.quat, q_gt, q_al.numpy(), fit_subset=sub, eval_subset=sub
+                preds.quat,
+                q_gt,
+                preds.quat,
+                q_gt,
+                q_al.numpy(),
+                fit_subset=sub,
+                eval_subset=sub,
+                keep_errors=True,
             )
             res.update(scalars(res["pose_report"]))
     clouds = []

@@ -68,6 +68,79 @@ def panel(
     return out
 
 
+# viewpoints (azimuth, elevation in degrees) of the predicted cloud in the training preview
+PREVIEW_VIEWPOINTS = [(30.0, 20.0), (120.0, 25.0)]
+
+
+def preview_panel(
+    images,  # [R, 3, S, S] inputs in [0, 1]
+    masks,  # [R, G, G] ground-truth masks
+    silhouettes,  # [R, M, G, G] rendered silhouettes, one per candidate (or the GT pose)
+    points,  # [R, N, 3] predicted clouds
+    camera_supervised: bool = False,
+    cell: int = 128,
+    heading: str | None = None,
+    render_size: int = 96,
+) -> Image.Image:
+    """The labelled preview: titled columns input | GT mask | each candidate's silhouette,
+    captioned with its projection loss (0.5 x sum of squares against the mask; the lowest
+    per row marked "best") | the predicted cloud from two viewpoints (rendered with the
+    project's renderer, depth-shaded). Returns a PIL image."""
+    from dpc.eval.pictures import render_cloud_views, titled_columns
+    from dpc.losses import per_view_l2
+
+    sil = torch.as_tensor(silhouettes).detach().float().cpu()
+    m = torch.as_tensor(masks).detach().float().cpu()
+    R, M = sil.shape[:2]
+    loss = per_view_l2(sil, m[:, None])  # [R, M]
+    if camera_supervised:
+        sil_titles = ["silhouette (GT pose)"] if M == 1 else [f"view {k}" for k in range(M)]
+    else:
+        sil_titles = [f"candidate {k} silhouette" for k in range(M)]
+    titles = (
+        ["input", "GT mask"]
+        + sil_titles
+        + [f"cloud az {a:.0f} el {e:.0f}" for a, e in PREVIEW_VIEWPOINTS]
+    )
+    rows, caps = [], []
+    for r in range(R):
+        best = int(loss[r].argmin())
+        pts = torch.as_tensor(points[r]).detach().float().cpu().numpy()
+        views = render_cloud_views(pts, render_size, PREVIEW_VIEWPOINTS)
+        rows.append(
+            [to_uint8(images[r]), to_uint8(1 - m[r])]
+            + [to_uint8(1 - sil[r, k].clamp(0, 1)) for k in range(M)]
+            + views
+        )
+        caps.append(
+            ["", ""]
+            + [
+                f"loss {float(loss[r, k]):.1f}" + (" best" if k == best and M > 1 else "")
+                for k in range(M)
+            ]
+            + ["", ""]
+        )
+    return titled_columns(rows, titles, cell, caps, heading=heading)
+
+
+def training_preview(batch: dict, out, step: int, max_objects: int = 4, cell: int = 128):
+    """uint8 ``[H, W, 3]`` preview of a training step (first view of up to ``max_objects``
+    objects; ``batch``/``out`` as in :func:`dpc.training.step.compute_step`)."""
+    R = min(max_objects, batch["image"].shape[0])
+    cs = out.winner is None  # camera supervision: one silhouette, under the GT pose
+    img = preview_panel(
+        batch["image"][:R, 0],
+        batch["mask"][:R, 0],
+        out.silhouette[:R, 0],
+        out.points[:R],
+        camera_supervised=cs,
+        cell=cell,
+        heading=f"step {step + 1}: first view of {R} training objects"
+        + ("" if cs else "; clouds in the model's frame"),
+    )
+    return np.asarray(img)
+
+
 @torch.no_grad()
 def preview_run(
     run_dir: str | Path,

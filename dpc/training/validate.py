@@ -151,6 +151,11 @@ def wandb_media(result: dict) -> dict:
     try:
         from dpc.eval.validate import wandb_payload
 
-        return {k: x for k, x in wandb_payload(ev).items() if not isinstance(x, (int, float))}
+        out = {k: x for k, x in wandb_payload(ev).items() if not isinstance(x, (int, float))}
+        if ev.get("pose_report"):  # pose-error histograms, paper and robust alignment
+            from dpc.eval.pose_report import wandb_histograms
+
+            out.update(wandb_histograms(ev["pose_report"]))
+        return out
     except Exception:
         return {}

@@ -164,6 +164,17 @@ def test_paper_alignment_in_minority_mode_is_reported():
     assert rep["ambiguity"]["ambiguous"]  # 30/70 = 0.43 >= 1/3
 
 
+def test_random_poses_are_weak_not_ambiguous():
+    """An untrained model's poses (random): no clear mode, no warning."""
+    g = torch.Generator().manual_seed(11)
+    qp, qg = random_quat(200, g, torch.float64), random_quat(200, g, torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AlignmentAmbiguityWarning)
+        rep = pose_report(qp, qg, qp, qg, paper_alignment=[0.0, 1.0, 0.0, 0.0])
+    assert rep["ambiguity"]["weak"] and not rep["ambiguity"]["ambiguous"]
+    assert rep["paper_mode"] == "neither" and rep["warnings"] == []
+
+
 def test_bad_views_are_skipped_and_errors_are_clear():
     qp, qg, _ = _poses(4, 3, 0.0, seed=9)
     qp = qp.copy()
@@ -176,3 +187,20 @@ def test_bad_views_are_skipped_and_errors_are_clear():
         robust_alignment(np.full((2, 4), np.nan), np.ones((2, 4)))
     with pytest.raises(ValueError, match="same shape"):
         robust_alignment(np.ones((2, 4)), np.ones((3, 4)))
+
+
+def test_wandb_histograms_show_the_flip_peak():
+    import wandb
+
+    from dpc.eval.pose_report import wandb_histograms
+
+    qp, qg, flip = _poses(20, 5, 0.3, seed=12, noise_deg=2.0)
+    rep = pose_report(qp, qg, qp, qg, paper_alignment=Q_A.numpy(), keep_errors=True, warn=False)
+    assert len(rep["paper"]["errors_deg"]) == 100
+    h = wandb_histograms(rep, wandb)
+    assert set(h) == {"val/pose_error_deg_paper", "val/pose_error_deg_robust"}
+    hist = h["val/pose_error_deg_paper"]
+    assert isinstance(hist, wandb.Histogram)
+    counts = np.asarray(hist.histogram)
+    assert counts.sum() == 100 and counts[0] == (~flip).sum() and counts[-1] == flip.sum()
+    assert "errors_deg" not in pose_report(qp, qg, qp, qg, warn=False)["robust"]
