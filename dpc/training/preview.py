@@ -1,8 +1,10 @@
 """Simple previews for training: image panels and point-cloud renderings (PIL only).
 
 ``python -m dpc.training.preview <run_dir> [--out PNG] [--n 6] [--split val]`` writes a
-PNG with, per validation object: the input image, the ground-truth mask, the predicted
-silhouette, and the predicted point cloud drawn from three directions.
+PNG with titled columns, per validation object: the input image, the ground-truth mask,
+each pose candidate's silhouette (camera supervision: the ground-truth pose's) with its
+projection loss, and the predicted point cloud from two viewpoints
+(:func:`preview_panel`, also the wandb preview of training, :func:`training_preview`).
 """
 
 from __future__ import annotations
@@ -162,36 +164,37 @@ def preview_run(
     renderer = PointCloudRenderer(
         RenderSettings(vox_size=G, kernel_size=int(cfg.render.pc_gauss_kernel_size))
     )
-    rows = []
+    from dpc.camera import resize_masks
+
+    sigma = float(cfg.render.pc_relative_sigma_end)
+    imgs, masks, sils, clouds = [], [], [], []
     for i in range(n):
-        img = (
-            torch.from_numpy(np.ascontiguousarray(s.images[i, :1])).permute(0, 3, 1, 2).float()
-            / 255
-        )
+        img = torch.from_numpy(np.array(s.images[i, :1])).permute(0, 3, 1, 2).float() / 255
         img = torch.nn.functional.interpolate(
             img, size=(s.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
         )
         o = model(img.to(device))
-        q = torch.from_numpy(np.ascontiguousarray(s.quats[i, :1])).float().to(device)
-        if o.pose_student is not None:
-            q = o.pose_student  # unsupervised: the student's pose
-        elif o.pose_candidates is not None:
-            q = o.pose_candidates[:, 0]
+        if o.pose_candidates is not None:
+            q = o.pose_candidates[0]  # [M, 4]: every candidate
+        else:
+            q = torch.from_numpy(np.ascontiguousarray(s.quats[i, :1])).float().to(device)
+        M = q.shape[0]
         sil = renderer(
-            o.points, q, sigma=float(cfg.render.pc_relative_sigma_end), scale=o.scale
+            o.points.expand(M, -1, -1), q, sigma=sigma, scale=o.scale.expand(M)
         ).silhouette
-        mask = torch.from_numpy(np.ascontiguousarray(s.masks[i, 0])).float() / 255
-        pts = o.points[0].cpu().numpy()
-        cols = None if o.colors is None else o.colors[0].cpu().numpy()
-        rows.append(
-            [to_uint8(img[0]), to_uint8(mask), to_uint8(sil[0])]
-            + [draw_points(pts, 128, v, cols) for v in ("side", "front", "top")]
-        )
+        mask = torch.from_numpy(np.ascontiguousarray(s.masks[i, :1])).float() / 255
+        imgs.append(img[0])
+        masks.append(resize_masks(mask, G)[0])
+        sils.append(sil.cpu())
+        clouds.append(o.points[0].cpu())
     out = Path(out) if out else Path(run_dir) / "preview.png"
-    panel(
-        rows,
-        128,
-        ["input", "GT mask", "pred silhouette", "points side", "points front", "points top"],
+    preview_panel(
+        torch.stack(imgs),
+        torch.stack(masks),
+        torch.stack(sils),
+        torch.stack(clouds),
+        camera_supervised=not model.predict_pose,
+        heading=f"{Path(run_dir).name}: first view of {n} {split} objects",
     ).save(out)
     return out
 
