@@ -131,6 +131,22 @@ def test_load_run_applies_saved_alignment(tiny_run, image_folder, tmp_path):
     torch.testing.assert_close(
         quat_mul(p.quat.double(), q_a[None]).float(), p.quat_model, atol=1e-5, rtol=0
     )
+    # with the fit poses saved (dpc.evaluate does), the flip-robust (majority) alignment is
+    # used: 7 of 10 fit views say q_a, 3 say its front/back flip
+    from dpc.eval.pose_report import FLIP_QUAT, attach_fit_poses
+
+    g = torch.Generator().manual_seed(0)
+    from dpc.camera import random_quat
+
+    q_gt = random_quat(10, g, torch.float64)
+    rel = torch.stack([q_a] * 7 + [quat_mul(torch.from_numpy(FLIP_QUAT), q_a)] * 3)
+    al = AlignmentResult(quat=[1.0, 0, 0, 0], step=2)  # a wrong paper alignment
+    attach_fit_poses(al, quat_mul(q_gt, rel).numpy(), q_gt.numpy(), "val[:2]")
+    al.save(run_dir / "eval" / "alignment.json")
+    run = dpc.load_run(run_dir, device="cpu")
+    assert "flip-robust" in run.frame
+    d = float(torch.rad2deg(2 * torch.acos(torch.dot(run.alignment, q_a).abs().clamp(max=1))))
+    assert d < 0.01
 
 
 def test_predict_folder_two_predictions_one_clear_error(tiny_run, image_folder, tmp_path, capsys):
