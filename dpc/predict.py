@@ -73,10 +73,21 @@ def output_names(files: list[Path]) -> list[str]:
     return names
 
 
-def pose_record(q: torch.Tensor | None, q_model, cands) -> dict:
-    """The JSON pose of one image (``q [4]`` in the run's output frame)."""
+def pose_record(q: torch.Tensor | None, q_model, cands, fitted=None) -> dict:
+    """The JSON pose of one image (``q [4]`` in the run's output frame; ``fitted [4]``: the
+    best-fit view of a camera-supervised run)."""
     if q is None:
-        return {"predicted": False, "note": "camera-supervised run: it does not predict poses"}
+        rec = {"predicted": False, "note": "camera-supervised run: it does not predict poses"}
+        if fitted is not None:
+            a = pose_angles(fitted[None])
+            rec["fitted_view"] = {
+                "azimuth_deg": round(float(a["azimuth_deg"][0]), 2),
+                "elevation_deg": round(float(a["elevation_deg"][0]), 2),
+                "quaternion_wxyz": [round(float(x), 6) for x in fitted],
+                "note": "not predicted: the upright view (15 degree azimuth steps, elevation "
+                "0/15/30) whose silhouette of the predicted cloud best matches the input",
+            }
+        return rec
     a = pose_angles(q[None])
     pos = camera_position(q[None].double(), CAMERA_DISTANCE)[0]
     return {
@@ -106,14 +117,15 @@ def panel_image(name: str, pred, i: int, run: LoadedRun, cell: int, q_rec: dict)
     if pred.colors is not None:  # the cloud's mean colour, darkened to stay visible on white
         color = tuple(int(c) for c in np.clip(pred.colors[i].mean(0).numpy() * 200, 0, 200))
     views = render_cloud_views(pts, size=min(cell, 128), color=color)
-    if pred.silhouette is not None:
+    if q_rec["predicted"]:
         sil = 1.0 - pred.silhouette[i].clamp(0, 1).numpy()
         sil_title = "predicted silhouette"
         cap = f"az {q_rec['azimuth_deg']:.0f} el {q_rec['elevation_deg']:.0f}"
-    else:
-        sil = np.ones((8, 8))
-        sil_title = "no pose predicted"
-        cap = "camera-supervised"
+    else:  # camera-supervised: no predicted pose; the best-fitting upright view
+        sil = 1.0 - pred.silhouette[i].clamp(0, 1).numpy()
+        sil_title = "silhouette, best-fit view"
+        fit = q_rec.get("fitted_view", {})
+        cap = f"az {fit.get('azimuth_deg', 0):.0f} el {fit.get('elevation_deg', 0):.0f} (fit)"
     frame = run.frame.split(" (")[0]
     titles = ["input (as fed)", sil_title] + [f"cloud az {a:.0f} el {e:.0f}" for a, e in VIEWPOINTS]
     rows = [[pred.images[i], sil] + views]
@@ -184,7 +196,9 @@ def predict_images(
 
 def _pose_text(p: dict) -> str:
     if not p["predicted"]:
-        return "(no pose: camera-supervised run)"
+        f = p.get("fitted_view")
+        fit = f" best-fit view az {f['azimuth_deg']:.0f} el {f['elevation_deg']:.0f}" if f else ""
+        return "(no pose: camera-supervised run)" + fit
     return f"azimuth {p['azimuth_deg']:.1f} elevation {p['elevation_deg']:.1f} deg"
 
 
@@ -192,7 +206,8 @@ def _write_one(run, pred, i, f: Path, n: str, rgb, out: Path, cell, panel, ply) 
     q = None if pred.quat is None else pred.quat[i]
     qm = None if pred.quat_model is None else pred.quat_model[i]
     cands = None if pred.candidates is None else pred.candidates[i]
-    pose = pose_record(q, qm, cands)
+    fitted = None if pred.fitted_quat is None else pred.fitted_quat[i]
+    pose = pose_record(q, qm, cands, fitted)
     rec = {
         "image": str(f),
         "input_size": list(rgb.shape[:2]),

@@ -212,4 +212,29 @@ def test_camera_supervised_run_predicts_points_without_pose(tmp_path, image_fold
     from dpc.predict import predict_images
 
     s = predict_images(run, image_folder / "photo.jpg", tmp_path / "o", cell=64)
-    assert s["predicted"][0]["pose"]["predicted"] is False and not s["failed"]
+    pose = s["predicted"][0]["pose"]
+    assert pose["predicted"] is False and not s["failed"]
+    assert 0 <= pose["fitted_view"]["azimuth_deg"] < 360  # labelled as fitted, not predicted
+
+
+def test_fit_view_recovers_a_known_view(tiny_run):
+    """The best-fit view of a camera-supervised run's cloud: render a cloud from a grid
+    view, give that silhouette as the foreground, get the view back."""
+    import torch
+
+    from dpc.eval.run import FIT_AZIMUTHS, FIT_ELEVATIONS
+
+    run = dpc.load_run(tiny_run, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    # an asymmetric cloud: a box with a bump at one end
+    pts = torch.rand(1, 600, 3, generator=g) * torch.tensor([0.8, 0.25, 0.35]) - 0.4
+    pts[0, :150] = torch.rand(150, 3, generator=g) * 0.15 + torch.tensor([0.2, 0.0, -0.05])
+    q = view_quat(torch.deg2rad(torch.tensor([FIT_AZIMUTHS[5]])),
+                  torch.deg2rad(torch.tensor([FIT_ELEVATIONS[2]])))  # fmt: skip
+    S = run.renderer.settings.vox_size
+    with torch.no_grad():
+        fg = run.renderer(pts, q.float(), sigma=run.sigma, scale=torch.ones(1)).silhouette
+    fit = run.fit_view(pts, torch.ones(1), (fg > 0.5).float().view(1, S, S))
+    a = pose_angles(fit)
+    assert float(a["azimuth_deg"][0]) == pytest.approx(FIT_AZIMUTHS[5], abs=1e-3)
+    assert float(a["elevation_deg"][0]) == pytest.approx(FIT_ELEVATIONS[2], abs=1e-3)

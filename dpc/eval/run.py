@@ -26,6 +26,9 @@ import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 MIN_SIDE = 8  # pixels: anything smaller cannot show an object
+# the views tried for camera-supervised runs' best-fit silhouette (degrees)
+FIT_AZIMUTHS = [float(a) for a in range(0, 360, 15)]
+FIT_ELEVATIONS = [0.0, 15.0, 30.0]
 
 
 class ImageError(ValueError):
@@ -36,12 +39,13 @@ def load_image(src, name: str | None = None) -> np.ndarray:
     """An image file (path) or array as uint8 ``[S, S, 3]`` RGB on white, square.
 
     Accepts PNG/JPEG/... files of any mode and size (RGBA/LA/palette with transparency are
-    composited over white, like the data sets; greyscale is repeated to RGB), or arrays
+    composited over white, like the data sets; greyscale is repeated to RGB; EXIF
+    orientation is applied), or arrays
     ``[H, W]``, ``[H, W, 1 | 3 | 4]`` (uint8, or floats in [0, 1]). A non-square image is
     padded with white to a square, centred. Raises :class:`ImageError` naming the file for
     unreadable, empty or wrongly shaped input.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     label = name or (str(src) if isinstance(src, (str, Path)) else "array input")
     if isinstance(src, (str, Path)):
@@ -53,7 +57,8 @@ def load_image(src, name: str | None = None) -> np.ndarray:
         try:
             with Image.open(p) as im:
                 im.load()
-                arr = _pil_to_rgba(im)
+                # phone photos store their rotation in EXIF: show them upright
+                arr = _pil_to_rgba(ImageOps.exif_transpose(im))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"{label}: not a readable image ({type(e).__name__}: {e})") from e
     elif isinstance(src, Image.Image):
@@ -152,6 +157,9 @@ class Prediction:
     silhouette: torch.Tensor | None  # [B, G, G] predicted silhouette under quat
     points_model: torch.Tensor  # [B, N, 3] in the network's own frame
     quat_model: torch.Tensor | None  # [B, 4] in the network's own frame
+    # camera-supervised runs: the upright view (FIT_AZIMUTHS x FIT_ELEVATIONS) whose
+    # silhouette of the predicted cloud best matches the input's foreground; not a prediction
+    fitted_quat: torch.Tensor | None = None  # [B, 4]
 
 
 class LoadedRun:
@@ -263,9 +271,12 @@ class LoadedRun:
                 m = resize_masks(foreground_mask(x), G)
                 err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)
                 q_model = cands[torch.arange(B), err.argmin(1)]
-        sil = None
+        sil, fitted = None, None
         if q_model is not None:
             sil = self.renderer(out.points, q_model, sigma=self.sigma, scale=out.scale).silhouette
+        else:
+            fitted = self.fit_view(out.points, out.scale, foreground_mask(x))
+            sil = self.renderer(out.points, fitted, sigma=self.sigma, scale=out.scale).silhouette
         pts, q, c = out.points, q_model, cands
         if self.alignment is not None:
             qa = self.alignment.to(pts.device)
@@ -287,7 +298,34 @@ class LoadedRun:
             silhouette=cpu(sil),
             points_model=cpu(out.points),
             quat_model=cpu(q_model),
+            fitted_quat=cpu(fitted),
         )
+
+    @torch.no_grad()
+    def fit_view(self, points, scale, fg) -> torch.Tensor:
+        """Per cloud ``[B, N, 3]``, the upright camera (:data:`FIT_AZIMUTHS` x
+        :data:`FIT_ELEVATIONS`, :func:`dpc.camera.view_quat`) whose rendered silhouette is
+        closest (L2) to the foreground mask ``fg [B, S, S]``. Returns ``[B, 4]``."""
+        from dpc.camera import resize_masks, view_quat
+
+        az, el = torch.meshgrid(
+            torch.deg2rad(torch.tensor(FIT_AZIMUTHS)),
+            torch.deg2rad(torch.tensor(FIT_ELEVATIONS)),
+            indexing="ij",
+        )
+        qs = view_quat(az.flatten(), el.flatten()).float().to(points.device)  # [K, 4]
+        K, G = qs.shape[0], self.renderer.settings.vox_size
+        m = resize_masks(fg, G)
+        best = []
+        for b in range(points.shape[0]):
+            sil = self.renderer(
+                points[b : b + 1].expand(K, -1, -1).contiguous(),
+                qs,
+                sigma=self.sigma,
+                scale=scale[b : b + 1].expand(K),
+            ).silhouette
+            best.append(qs[(sil - m[b]).pow(2).flatten(1).sum(1).argmin()])
+        return torch.stack(best)
 
     def predict(self, images) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(points [B, N, 3], quaternions [B, 4])`` for ``images`` (files, arrays or a
