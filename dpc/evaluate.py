@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from dpc.data import dataset_key, open_run_data
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import FAR_DISTANCE, TRIM_KEEP, aligned_pose
+from dpc.eval.pose_report import attach_fit_poses, report_for_alignment, summary_lines
 from dpc.eval.predict import Predictions, predict_split, write_ply
 from dpc.eval.score import baselines, load_gt, score, valid_gt_mask
 from dpc.render import build_renderer, final_sigma
@@ -57,7 +58,11 @@ def get_alignment(
     path = run_dir / "eval" / "alignment.json"
     if path.exists() and not opts.recompute_alignment:
         al = AlignmentResult.load(path)
-        if al.step == step and al.dataset == dataset_key(cfg, opts.data_path):
+        if (
+            al.step == step
+            and al.dataset == dataset_key(cfg, opts.data_path)
+            and al.fit_q_pred is not None  # older files lack the fit poses (pose_report)
+        ):
             print(f"using saved global alignment {path} (quat {np.round(al.quat, 4).tolist()})")
             return al
         warnings.warn(
@@ -79,6 +84,8 @@ def get_alignment(
     # record kept object indices in the split's numbering
     idx = np.nonzero(ok)[0]
     al.kept = [(int(idx[o]), v) for o, v in al.kept]
+    n_fit = pv.points.shape[0]
+    attach_fit_poses(al, pv.quat[ok], q_gt[ok], f"{split}[:{n_fit}] ({int(ok.sum())} objects)")
     al.save(path)
     print(f"saved global alignment to {path} (quat {np.round(al.quat, 4).tolist()})")
     return al
@@ -123,10 +130,11 @@ def run(opts: DictConfig) -> dict:
     gt = load_gt(reader, split, bool(opts.gt_dense))[:n_obj]
     masks = reader.masks(split)[:n_obj]
     G = int(cfg.render.vox_size)
+    q_gt_split = np.asarray(reader.quats(split))[:n_obj]
     res = score(
         preds,
         gt,
-        np.asarray(reader.quats(split))[:n_obj],
+        q_gt_split,
         al,
         masks=masks,
         cell_px=(masks.shape[-1] - 1) / max(G - 1, 1),
@@ -145,6 +153,11 @@ def run(opts: DictConfig) -> dict:
     if opts.baselines:
         res["baselines"] = baselines(
             reader, split, gt, res["_valid_gt"], preds.predicts_pose, bool(opts.gt_dense)
+        )
+    if preds.predicts_pose:  # paper + flip-robust alignment, flips, ambiguity
+        vg = res["_valid_gt"]
+        res["pose_report"] = report_for_alignment(
+            al, preds.quat[vg], q_gt_split[vg], f"{split}[:{n_obj}] ({int(vg.sum())} objects)"
         )
     res.pop("_valid_gt")
     res["seconds"] = round(time.time() - t0, 1)
@@ -220,6 +233,8 @@ def _print_summary(res: dict, out: Path) -> None:
             f"  SKIPPED: {len(skipped['objects_without_gt'])} objects without GT, "
             f"{len(skipped['views_with_nan_points'])} views with NaN points"
         )
+    if "pose_report" in res:
+        lines += summary_lines(res["pose_report"])
     print("\n".join(lines))
 
 

@@ -18,95 +18,22 @@ Options: ``configs/visualize.yaml`` (``python -m dpc.visualize --help``).
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageDraw
 
-from dpc.camera import view_quat
 from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
+from dpc.eval.pictures import VIEWPOINTS, grid_image, render_cloud_views
 from dpc.eval.score import load_gt
-from dpc.render import PointCloudRenderer, RenderSettings, build_renderer, final_sigma
+from dpc.render import build_renderer, final_sigma
 from dpc.training.checkpoint import find_checkpoint, load_run
 from dpc.training.config import compose_options, run_command
 from dpc.training.distributed import resolve_device
-
-# (azimuth, elevation) in degrees of the fixed viewpoints of rows 2 and 3
-VIEWPOINTS = [(30.0, 20.0), (120.0, 20.0), (210.0, 20.0), (300.0, 60.0)]
-
-
-def render_cloud_views(
-    points: np.ndarray,  # [N, 3]
-    size: int = 96,
-    viewpoints=VIEWPOINTS,
-    color=(60, 100, 200),
-    sigma: float | None = None,
-) -> list[np.ndarray]:
-    """Depth-shaded renders ``[size, size, 3]`` uint8 of a cloud from ``viewpoints``,
-    made with :class:`PointCloudRenderer` (silhouette for coverage, expected depth for
-    shading: near surfaces bright, far ones dark)."""
-    if sigma is None:
-        # wide enough to close the gaps between neighbouring points of a sparse cloud
-        sigma = float(np.clip(0.7 * (size / 96) * np.sqrt(4000 / max(len(points), 1)), 0.6, 2.0))
-    r = PointCloudRenderer(RenderSettings(vox_size=size, kernel_size=7, backend="reference"))
-    az = torch.tensor([math.radians(a) for a, _ in viewpoints])
-    el = torch.tensor([math.radians(e) for _, e in viewpoints])
-    q = view_quat(az, el)
-    pts = torch.from_numpy(np.array(points, np.float32))[None].expand(len(viewpoints), -1, -1)
-    with torch.no_grad():
-        # Boost the occupancy so that one isolated point reaches ~0.6 at its centre after
-        # the blur (a unit mass spreads to k0^3 at the peak): sparse clouds render solid.
-        from kernels.reference import gaussian_kernel1d
-
-        k0 = float(gaussian_kernel1d(sigma, 7)[3])
-        boost = torch.full((len(viewpoints),), 0.6 / k0**3)
-        out = r(pts.contiguous(), q, sigma=sigma, scale=boost, return_depth=True)
-    sil = out.silhouette.clamp(0, 1).numpy()  # [K, S, S]
-    depth = out.depth.numpy()
-    imgs = []
-    for s, d in zip(sil, depth):
-        # expected depth mixes in the background (10) where the silhouette is partial:
-        # undo that to get the surface depth, then map ~[1.5, 2.5] to brightness
-        surf = (d - (1 - s) * 10.0) / np.maximum(s, 1e-3)
-        shade = np.clip(1.15 - (surf - 1.5), 0.35, 1.0)
-        shade = np.where(s > 1e-3, shade, 1.0)
-        c = np.asarray(color, np.float32) / 255.0
-        rgb = 1.0 - s[..., None] * (1.0 - c * shade[..., None])
-        imgs.append((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
-    return imgs
-
-
-def to_rgb(x: np.ndarray) -> np.ndarray:
-    """[H, W] floats in [0, 1] or uint8 [H, W(, 3)] -> uint8 [H, W, 3]."""
-    x = np.asarray(x)
-    if x.dtype != np.uint8:
-        x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
-    if x.ndim == 2:
-        x = np.repeat(x[..., None], 3, -1)
-    return x
-
-
-def grid_image(rows: list[list[tuple[np.ndarray, str]]], cell: int, title: str) -> Image.Image:
-    """Rows of (image, label) cells, each resized to ``cell`` px, labels under the cells."""
-    lab, top = 12, 16
-    W = max(len(r) for r in rows)
-    img = Image.new("RGB", (W * cell, top + len(rows) * (cell + lab)), "white")
-    d = ImageDraw.Draw(img)
-    d.text((3, 2), title, fill=(0, 0, 0))
-    for i, r in enumerate(rows):
-        y = top + i * (cell + lab)
-        for j, (im, text) in enumerate(r):
-            img.paste(
-                Image.fromarray(to_rgb(im)).resize((cell, cell), Image.BILINEAR), (j * cell, y)
-            )
-            d.text((j * cell + 2, y + cell), text[: cell // 6], fill=(0, 0, 0))
-    return img
 
 
 def write_html(path: Path, pred: np.ndarray, gt: np.ndarray | None, title: str) -> Path | None:

@@ -98,7 +98,7 @@ def time_training(
     from omegaconf import open_dict
 
     from dpc.training.bench import CONFIGS, time_variant
-    from dpc.training.data import open_training_data
+    from dpc.data import open_training_data
 
     cfgs, per = {}, {b: [] for b in backends}
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):

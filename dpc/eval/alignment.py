@@ -101,6 +101,11 @@ class AlignmentResult:
     split: str = "val"
     step: int | None = None  # checkpoint step the alignment was computed for
     dataset: str | None = None  # dataset it was computed on (run config or data_path)
+    # the fit views' poses ([K, 4] each) and which subset they are, so the flip-robust
+    # alignment (dpc.eval.pose_report) can be computed from a saved file
+    fit_q_pred: list | None = None
+    fit_q_gt: list | None = None
+    fit_subset: str = ""
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -16,7 +16,10 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
   watching the frame drift). Unless an ``alignment`` is given, it is *fitted on the same
   subset* (:func:`fit_alignment`), slightly optimistic compared with
   ``python -m dpc.evaluate`` (alignment on val, scores on test) but tracking progress the
-  same way.
+  same way. With an alignment, also the flip-robust figures of
+  :func:`dpc.eval.pose_report.pose_report` (``pose_accuracy_robust``,
+  ``pose_accuracy_up_to_flip``, ``pose_flipped_share``, ``alignment_ambiguous``, ...; the
+  report itself under ``pose_report``, fitted and scored on ``<split>[:n]``).
 
 Also returned: ``clouds`` ``[c, N, 3]`` (first view of the first objects, in the
 ground-truth frame when aligned) and ``gt_clouds`` ``[c, P, 3]``, for
@@ -36,6 +39,8 @@ from dpc.camera import quat_angle
 from dpc.data import build_batch_sampler
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
+from dpc.eval.pose_report import pose_report
+from dpc.eval.pose_report import scalars as report_scalars
 from dpc.eval.predict import Predictions, predict_split
 from dpc.losses import per_view_l2
 from dpc.render import build_renderer, final_sigma
@@ -166,6 +171,20 @@ def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int)
         if q_al is not None:
             ident = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
             res["alignment_deg"] = math.degrees(float(quat_angle(ident, q_al)))
+            # the paper's alignment next to the flip-robust one (dpc.eval.pose_report)
+            sub = f"{split}[:{n}]"
+            rep = pose_report(
+                preds.quat,
+                q_gt,
+                preds.quat,
+                q_gt,
+                q_al.numpy(),
+                fit_subset=sub,
+                eval_subset=sub,
+                keep_errors=True,
+            )
+            res["pose_report"] = rep
+            res.update(report_scalars(rep, prefix=""))
     clouds = []
     if not preds.predicts_pose or q_al is not None:
         prec, cov = [], []

@@ -2,7 +2,7 @@
 
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder
-from dpc.models.model import DPCModel, ModelOutput, build_model
+from dpc.models.model import DPCModel, ModelOutput, build_model, upgrade_legacy_checkpoint
 from dpc.models.pose import PoseHeads
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "PoseHeads",
     "ScaleHead",
     "build_model",
+    "upgrade_legacy_checkpoint",
 ]

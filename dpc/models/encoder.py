@@ -26,10 +26,18 @@ class ImageEncoder(nn.Module):
     conv 5x5 stride 2 (``base_channels``), then ``log2(S/4) - 1`` blocks of
     [conv 3x3 stride 2, conv 3x3 stride 1] doubling channels down to 4x4, flatten,
     FC F -> FC F -> FC F (shape code z). The pose code is one more FC F from the second
-    FC layer. Leaky ReLU (0.2) everywhere.
+    FC layer, built only with ``pose_code`` (a camera-supervised model has no pose heads,
+    so the layer would get no gradient and only add to the weight-decay term). Leaky ReLU
+    (0.2) everywhere.
     """
 
-    def __init__(self, image_size: int = 128, base_channels: int = 16, fc_dim: int = 1024):
+    def __init__(
+        self,
+        image_size: int = 128,
+        base_channels: int = 16,
+        fc_dim: int = 1024,
+        pose_code: bool = True,
+    ):
         super().__init__()
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
@@ -48,14 +56,16 @@ class ImageEncoder(nn.Module):
         self.fc1 = nn.Linear(c * 16, fc_dim)
         self.fc2 = nn.Linear(fc_dim, fc_dim)
         self.fc3 = nn.Linear(fc_dim, fc_dim)
-        self.fc_pose = nn.Linear(fc_dim, fc_dim)
+        self.fc_pose = nn.Linear(fc_dim, fc_dim) if pose_code else None
         self.act = act()
         self.image_size = image_size
         self.out_dim = fc_dim
         init_he(self)
+        # checkpoints written before the layer became optional hold it even without pose heads
+        self._register_load_state_dict_pre_hook(_drop_unused_pose_code, with_module=True)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``(z [B, F], pose_code [B, F])``."""
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Returns ``(z [B, F], pose_code [B, F] or None without the pose layer)``."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(
                 f"images must be [B, 3, {self.image_size}, {self.image_size}], "
@@ -65,5 +75,16 @@ class ImageEncoder(nn.Module):
         x = self.act(self.fc1(torch.flatten(x, 1)))
         h = self.act(self.fc2(x))
         z = self.act(self.fc3(h))
-        pose_code = self.act(self.fc_pose(h))
+        pose_code = self.act(self.fc_pose(h)) if self.fc_pose is not None else None
         return z, pose_code
+
+
+LEGACY_POSE_CODE_KEYS = ("fc_pose.weight", "fc_pose.bias")
+
+
+def _drop_unused_pose_code(module: ImageEncoder, state_dict, prefix: str, *args) -> None:
+    """Load-state pre-hook: an encoder without the pose layer ignores that layer's weights
+    in an older checkpoint (they never received a gradient in a camera-supervised run)."""
+    if module.fc_pose is None:
+        for k in LEGACY_POSE_CODE_KEYS:
+            state_dict.pop(prefix + k, None)

@@ -44,7 +44,8 @@ class DPCModel(nn.Module):
         learn_scale: bool = True,
     ):
         super().__init__()
-        self.encoder = ImageEncoder(image_size, base_channels, fc_dim)
+        # no pose heads -> no pose-code layer (it would get no gradient)
+        self.encoder = ImageEncoder(image_size, base_channels, fc_dim, pose_code=predict_pose)
         self.decoder = PointDecoder(fc_dim, num_points, rgb, points_init_std)
         # learn_scale=False: a constant occupancy scale of max_scale (no head)
         self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
@@ -98,3 +99,43 @@ def build_model(cfg) -> DPCModel:
         points_init_std=float(m.pc_decoder_init_stddev),
         learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
     )
+
+
+def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:
+    """Make a checkpoint written before camera-supervised models dropped their unused
+    pose-code layer (``encoder.fc_pose``) loadable into ``model``, optimiser state included,
+    so such a run can be resumed. Returns ``ckpt`` unchanged when there is nothing to do.
+
+    The model weights alone load without this (:class:`ImageEncoder` ignores the layer);
+    the optimiser state is per parameter *index* (Adam over ``model.parameters()``), so
+    the two entries of the dropped layer are removed and the later ones renumbered.
+    """
+    state = ckpt.get("model", {})
+    legacy = [f"encoder.{k}" for k in ("fc_pose.weight", "fc_pose.bias")]
+    if model.encoder.fc_pose is not None or not all(k in state for k in legacy):
+        return ckpt
+    names = list(state)  # parameter order of the old model (it has no buffers)
+    current = [n for n, _ in model.named_parameters()]
+    if [n for n in names if n not in legacy] != current:
+        raise ValueError(
+            "checkpoint does not match this model beyond the dropped pose-code layer; "
+            "was it written with another model config?"
+        )
+    drop = {names.index(k) for k in legacy}
+    new = {k: v for k, v in state.items() if k not in legacy}
+    out = {**ckpt, "model": new}
+    opt = ckpt.get("optimizer")
+    if opt is not None:
+        groups = opt.get("param_groups", [])
+        if len(groups) != 1 or len(groups[0]["params"]) != len(names):
+            raise ValueError(
+                "cannot convert the optimiser state of this older checkpoint (expected one "
+                f"parameter group of {len(names)} parameters); start a new run instead"
+            )
+        old_ids = [i for pos, i in enumerate(groups[0]["params"]) if pos not in drop]
+        remap = {old: j for j, old in enumerate(old_ids)}
+        out["optimizer"] = {
+            "state": {remap[i]: v for i, v in opt["state"].items() if i in remap},
+            "param_groups": [{**groups[0], "params": list(range(len(old_ids)))}],
+        }
+    return out

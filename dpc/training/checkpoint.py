@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpc.models import upgrade_legacy_checkpoint
 from dpc.training.optim import upgrade_optimizer_state
 
 
@@ -107,6 +108,8 @@ def restore_checkpoint(path: str | Path, model, optimizer) -> int:
     """Load a training checkpoint into ``model`` and ``optimizer`` and restore the RNG
     states; returns the step to continue from."""
     ck = load_checkpoint(path, map_location="cpu")
+    # runs saved before camera-supervised models dropped the unused pose-code layer
+    ck = upgrade_legacy_checkpoint(ck, unwrap(model))
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(upgrade_optimizer_state(ck["optimizer"], optimizer, model))
     set_rng_state(ck["rng"])

@@ -14,12 +14,13 @@ import torch
 import torch.distributed as dist
 
 from dpc.data import open_training_data
+from dpc.eval.pose_report import wandb_histograms
 from dpc.eval.validate import scalars, validate, wandb_payload
 from dpc.losses import l2_weight_decay
 from dpc.training.checkpoint import unwrap
 from dpc.training.config import CONFIGS
 from dpc.training.logging import ProgressLine, RunLogger, format_eta
-from dpc.training.preview import draw_points, panel, to_uint8
+from dpc.training.preview import training_preview
 from dpc.training.step import StepOutput
 
 
@@ -214,6 +215,8 @@ def validate_and_log(
     logger.metrics(step, metrics, prefix="val_init" if initial else "val")
     if not initial and logger.run is not None:
         clouds = {k: x for k, x in wandb_payload(res).items() if not isinstance(x, float)}
+        if "pose_report" in res:  # per-view pose errors, paper and robust alignment
+            clouds.update(wandb_histograms(res["pose_report"]))
         if clouds:
             logger.run.log(clouds, step=step)
     label = "val (untrained)" if initial else f"val @ {step + 1}"
@@ -225,18 +228,11 @@ def validate_and_log(
 
 
 def log_media(logger: RunLogger, step: int, batch, out: StepOutput, M: int) -> None:
-    """Preview image (input, GT mask, predicted silhouette per candidate, first view of up
-    to 4 objects) and the first object's point cloud, to wandb."""
+    """Preview image (titled columns: input | GT mask | each candidate's silhouette with its
+    loss | the cloud from two viewpoints) and the first object's point cloud, to wandb."""
     if not logger.active or logger.run is None:
         return
-    rows = []
-    for i in range(min(4, batch["image"].shape[0])):
-        rows.append(
-            [to_uint8(batch["image"][i, 0]), to_uint8(batch["mask"][i, 0])]
-            + [to_uint8(out.silhouette[i, 0, m]) for m in range(M)]
-            + [draw_points(out.points[i].cpu().numpy(), 128, "side")]
-        )
-    img = np.asarray(panel(rows, 96))
+    img = training_preview(batch, out, step)  # titled columns, see dpc.training.preview
     cols = out.colors[0].cpu().numpy() if out.colors is not None else None
     logger.media(step, img, out.points[0].cpu().numpy(), cols)
 

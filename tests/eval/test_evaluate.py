@@ -217,6 +217,24 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
     res2 = evaluate(run_dir=str(tiny_run), split="test", progress=False, baselines=False)
     assert "using saved global alignment" in capsys.readouterr().out
     assert res2["precision"] == pytest.approx(res["precision"], rel=1e-6)
+    # the paper-protocol and the flip-robust figures, with what they were fitted on (#15)
+    rep = res["pose_report"]
+    assert rep["paper"]["accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert rep["paper"]["median_deg"] == pytest.approx(med, abs=1e-4)
+    assert rep["fit"]["subset"] == "val[:4] (4 objects)" and rep["fit"]["num_views"] == 20
+    assert rep["eval"]["subset"] == "test[:4] (4 objects)" and rep["eval"]["num_views"] == 20
+    for k in ("accuracy", "median_deg", "accuracy_up_to_flip", "flipped_share"):
+        assert 0 <= rep["robust"][k] <= 180 and k in rep["paper"]
+    assert rep["robust"]["accuracy"] <= rep["robust"]["accuracy_up_to_flip"]
+    assert isinstance(rep["ambiguity"]["ambiguous"], bool) and "rule" in rep["ambiguity"]
+    assert res2["pose_report"]["robust"] == rep["robust"]
+    # an alignment.json from before the fit poses were saved is recomputed, not misused
+    d = json.loads((tiny_run / "eval" / "alignment.json").read_text())
+    d.pop("fit_q_pred"), d.pop("fit_q_gt"), d.pop("fit_subset")
+    (tiny_run / "eval" / "alignment.json").write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="recomputing"):
+        res3 = evaluate(run_dir=str(tiny_run), split="test", progress=False, baselines=False)
+    assert res3["pose_report"]["paper"] == rep["paper"]
 
 
 def test_visualize_cli(tiny_run):
