@@ -168,7 +168,8 @@ def train(cfg: DictConfig) -> dict:
         int(cfg.seed),
         rank,
         world,
-        with_depth=float(cfg.loss.depth_weight) > 0,
+        with_depth=float(cfg.loss.depth_weight) > 0
+        or float(cfg.loss.get("surface_depth_weight", 0.0)) > 0,
         with_mask_distance=float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
     )
     b = int(tr.batch_size) // world
