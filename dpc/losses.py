@@ -68,6 +68,55 @@ def point_silhouette_distances(grid_points: Tensor, distance: Tensor) -> Tensor:
     return (d + beyond.norm(dim=-1)).view(*lead, N)
 
 
+def surface_depth_residuals(
+    grid_points: Tensor,  # [..., N, 3] (depth, row, col) from dpc.camera.world_to_grid
+    depth: Tensor,  # [..., G, G] optical-axis depth maps of the target views
+    mask: Tensor,  # [..., G, G] target silhouettes in [0, 1]
+    camera_distance: float,
+) -> tuple[Tensor, Tensor]:
+    """Signed distance along the optical axis ``[..., N]`` from each point to the target's
+    visible surface at the pixel it projects to (positive: behind the surface), and
+    ``valid [..., N]``: the point projects inside the image onto a pixel that is fully
+    inside the silhouette (so the resized depth there mixes no background depth).
+
+    Nearest-pixel lookup: the gradient moves points along the ray only."""
+    lead = depth.shape[:-2]
+    H, W = depth.shape[-2:]
+    N = grid_points.shape[-2]
+    gp = grid_points.reshape(-1, N, 3)
+    rc = gp[..., 1:].detach()
+    on_image = (rc >= -0.5).all(-1) & (rc <= 0.5).all(-1)
+    grid = (2.0 * rc.clamp(-0.5, 0.5).flip(-1))[:, None]  # (x, y) = (col, row) in [-1, 1]
+    both = torch.stack((depth.reshape(-1, H, W), mask.reshape(-1, H, W)), 1).to(gp.dtype)
+    d, m = torch.nn.functional.grid_sample(both, grid, mode="nearest", align_corners=True)[
+        :, :, 0
+    ].unbind(1)  # [R, N] each
+    r = gp[..., 0] + camera_distance - d
+    return r.view(*lead, N), (on_image & (m > 0.99)).view(*lead, N)
+
+
+def surface_depth_loss(residual: Tensor, valid: Tensor, cells: int) -> Tensor:
+    """Not in the paper: pulls each point onto the visible surface of the target.
+
+    Silhouettes (and the expected-depth loss, since an opaque filled volume renders the
+    same depth as its surface) leave points free anywhere inside the object; the ground
+    truth of the Chamfer metric is a surface sample. A point on the surface lies at the
+    depth map's depth in at least one view that sees it, so the loss is, per cloud, the
+    mean over points of ``min over the K views`` of ``|residual|`` in grid cells (views in
+    which the point falls outside the silhouette do not count; a point valid in no view
+    adds 0).
+
+    Args: ``residual``/``valid`` ``[..., K, N]`` from :func:`surface_depth_residuals` with
+    the K views of one cloud on the second-to-last dim; ``cells``: grid cells per unit.
+    Returns ``[...]``.
+    """
+    big = torch.finfo(residual.dtype).max
+    a = torch.where(valid, residual.abs() * cells, residual.new_full((), big))
+    best = a.min(dim=-2).values  # [..., N]
+    best = torch.where(best < big, best, torch.zeros_like(best))
+    return best.mean(-1)
+
+
 class WTAResult(NamedTuple):
     loss: Tensor  # scalar: sum over views of the winner's loss / number of views
     winner: Tensor  # [B, K] int64 index of the winning candidate per view

@@ -47,7 +47,11 @@ def build_batch_sampler(
         int(cfg.seed) if seed is None else seed,
         rank,
         world_size,
-        with_depth=with_targets and float(cfg.loss.depth_weight) > 0,
+        with_depth=with_targets
+        and (
+            float(cfg.loss.depth_weight) > 0
+            or float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
+        ),
         with_mask_distance=with_targets
         and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
     )
@@ -87,7 +91,10 @@ class BatchSampler:
         self.quats = reader.quats(split)
         self.depths = reader.depths(split) if with_depth else None
         if with_depth and self.depths is None:
-            raise ValueError(f"loss.depth_weight > 0 but the dataset has no depth maps ({split})")
+            raise ValueError(
+                "loss.depth_weight or loss.surface_depth_weight > 0 but the dataset has no "
+                f"depth maps ({split})"
+            )
         self.n = int(self.masks.shape[0])
         self.V = int(self.masks.shape[1])
         if views_per_item > self.V:

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from dpc.camera import world_to_grid
-from dpc.losses import per_view_l2, silhouette_distance, student_loss, winner_takes_all
+from dpc.losses import (
+    per_view_l2,
+    silhouette_distance,
+    student_loss,
+    surface_depth_loss,
+    surface_depth_residuals,
+    winner_takes_all,
+)
 from dpc.render import PointCloudRenderer
 
 
@@ -139,6 +146,27 @@ def compute_step(
         sd = silhouette_distance(grid, dist).view(b, K, M)
         terms["silhouette_distance"] = sd
         per_cand = per_cand + sd_weight * sd
+
+    surf_weight = float(lc.get("surface_depth_weight", 0.0))
+    if surf_weight > 0:
+        # All points; per cloud and candidate, the min over the object's K views.
+        rs = renderer.settings
+        grid = world_to_grid(
+            points[:, None, None].expand(b, K, M, -1, 3).reshape(R, -1, 3),
+            quats.reshape(R, 4),
+            camera_distance=rs.camera_distance,
+            focal_length=rs.focal_length,
+        )
+        r, ok = surface_depth_residuals(
+            grid.view(b, K, M, -1, 3),
+            batch["depth"][:, :, None].expand(b, K, M, G, G),
+            masks[:, :, None].expand(b, K, M, G, G),
+            rs.camera_distance,
+        )
+        surf = surface_depth_loss(r.transpose(1, 2), ok.transpose(1, 2), G - 1)  # [b, M]
+        surf = surf[:, None].expand(b, K, M)
+        terms["surface_depth"] = surf
+        per_cand = per_cand + surf_weight * surf
 
     wta = winner_takes_all(per_cand)
     winner = wta.winner if predict_pose else None
