@@ -97,8 +97,8 @@ def time_training(
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from dpc.training.bench import CONFIGS, time_variant
     from dpc.data import open_training_data
+    from dpc.training.bench import CONFIGS, time_variant
 
     cfgs, per = {}, {b: [] for b in backends}
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):

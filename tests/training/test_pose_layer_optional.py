@@ -1,6 +1,8 @@
 """A camera-supervised model builds no pose-code layer (issue #15 item 5), and checkpoints
 written before that (with the unused ``encoder.fc_pose``) still load and resume."""
 
+import copy
+
 import pytest
 import torch
 from train_testutils import TINY, compose_cfg
@@ -99,6 +101,14 @@ def test_legacy_camera_supervised_run_evaluates_and_resumes(tmp_path):
             state["encoder.fc_pose.weight"] = torch.randn(fc, fc)
             state["encoder.fc_pose.bias"] = torch.zeros(fc)
     pos = names.index("encoder.fc3.bias") + 1
+    # the optimiser state as the older loop saved it: one Adam group over
+    # model.parameters() in order (weight decay was not in the optimiser then)
+    scratch = copy.deepcopy(model)
+    old_opt = torch.optim.Adam(scratch.parameters(), lr=float(cfg.optim.lr))
+    for p in scratch.parameters():
+        p.grad = torch.ones_like(p)
+    old_opt.step()
+    ck["optimizer"] = old_opt.state_dict()
     g = ck["optimizer"]["param_groups"][0]
     shift = lambda i: i if i < pos else i + 2  # noqa: E731
     ck["optimizer"] = {
