@@ -133,30 +133,26 @@ def compute_step(
     sd_weight = float(lc.get("silhouette_distance_weight", 0.0))
     if step < int(lc.get("silhouette_distance_from_step", 0)):
         sd_weight = 0.0  # e.g. off until unsupervised poses have settled
-    if sd_weight > 0:
-        # All points (not only the dropout subset), so every stray is pulled back.
-        rs = renderer.settings
+    surf_weight = float(lc.get("surface_depth_weight", 0.0))
+    rs = renderer.settings
+    grid = None
+    if sd_weight > 0 or surf_weight > 0:
+        # All points (not only the dropout subset): every stray is pulled back, every
+        # point pulled to the surface. [R, N, 3] grid coordinates under each view's pose.
         grid = world_to_grid(
             points[:, None, None].expand(b, K, M, -1, 3).reshape(R, -1, 3),
             quats.reshape(R, 4),
             camera_distance=rs.camera_distance,
             focal_length=rs.focal_length,
         )
+    if sd_weight > 0:
         dist = batch["mask_distance"][:, :, None].expand(b, K, M, G, G)
         sd = silhouette_distance(grid, dist).view(b, K, M)
         terms["silhouette_distance"] = sd
         per_cand = per_cand + sd_weight * sd
 
-    surf_weight = float(lc.get("surface_depth_weight", 0.0))
     if surf_weight > 0:
-        # All points; per cloud and candidate, the min over the object's K views.
-        rs = renderer.settings
-        grid = world_to_grid(
-            points[:, None, None].expand(b, K, M, -1, 3).reshape(R, -1, 3),
-            quats.reshape(R, 4),
-            camera_distance=rs.camera_distance,
-            focal_length=rs.focal_length,
-        )
+        # per cloud and candidate: the min over the object's K views
         r, ok = surface_depth_residuals(
             grid.view(b, K, M, -1, 3),
             batch["depth"][:, :, None].expand(b, K, M, G, G),

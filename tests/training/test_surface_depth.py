@@ -44,3 +44,24 @@ def test_gradient_pulls_points_to_the_surface():
         loss.sum().backward()
         opt.step()
     assert torch.allclose(pts[0, :, 0], torch.tensor([-0.1, -0.1]), atol=0.05)
+
+
+def test_two_step_run_with_the_term(tmp_path):
+    """The recommended experiment trains on a data set with depth maps (a tiny car set
+    built into tmp_path) and logs the term."""
+    import json
+
+    from train_testutils import TINY, compose_cfg
+
+    from dpc.train import train
+
+    run = tmp_path / "run"
+    tiny = [o for o in TINY if not o.startswith("data")]
+    over = ["+experiment=car_quick_camera_supervision_surface", "data=car_quick"]
+    over += tiny + [f"paths.data_root={tmp_path / 'data'}", "trainer.max_steps=2"]
+    cfg = compose_cfg(over, run)
+    assert cfg.loss.surface_depth_weight == 10.0
+    train(cfg)
+    recs = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "loss" in r]
+    assert len(recs) == 2 and all(r["surface_depth"] > 0 for r in recs)
