@@ -110,6 +110,16 @@ def check_tensor(
         raise ValueError(f"{name} contains NaN or inf values")
 
 
+def check_scale(scale: Tensor | None, batch: int) -> None:
+    """Raise ``ValueError`` unless ``scale`` is None or a floating ``[batch]`` tensor (the
+    per-cloud occupancy scale)."""
+    if scale is None:
+        return
+    check_tensor("scale", scale, ndim=1)
+    if scale.shape[0] != batch:
+        raise ValueError(f"scale must be [B] with B={batch}, got {tuple(scale.shape)}")
+
+
 def check_kernel(sigma, kernel_size: int) -> None:
     """Validate blur parameters: odd ``kernel_size`` >= 1 and finite ``sigma`` > 0."""
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):

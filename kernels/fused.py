@@ -45,6 +45,7 @@ from kernels import cpu
 from kernels._utils import (
     Backend,
     check_kernel,
+    check_scale,
     check_tensor,
     device_guard,
     has_triton,
@@ -475,12 +476,7 @@ def blur_ray_project(
     if volume.shape[1] != 1:
         raise ValueError(f"volume must be [B, 1, D, H, W], got {tuple(volume.shape)}")
     check_kernel(sigma, kernel_size)
-    if scale is not None:
-        check_tensor("scale", scale, ndim=1)
-        if scale.shape[0] != volume.shape[0]:
-            raise ValueError(
-                f"scale must be [B] with B={volume.shape[0]}, got {tuple(scale.shape)}"
-            )
+    check_scale(scale, volume.shape[0])
     path = select_backend(backend, volume)
     if path == "triton":
         sc = scale.to(volume.dtype).contiguous() if scale is not None else None

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import kernels
 from dpc.camera import CAMERA_DISTANCE, FOCAL_LENGTH, world_to_grid
-from kernels._utils import check_kernel, check_tensor
+from kernels._utils import check_kernel, check_scale, check_tensor
 
 
 @dataclass
@@ -131,12 +131,7 @@ class PointCloudRenderer(nn.Module):
             raise ValueError(
                 f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}"
             )
-        if scale is not None:
-            check_tensor("scale", scale, ndim=1)
-            if scale.shape[0] != points.shape[0]:
-                raise ValueError(
-                    f"scale must be [B] with B={points.shape[0]}, got {tuple(scale.shape)}"
-                )
+        check_scale(scale, points.shape[0])
         if colors is not None:
             check_tensor("colors", colors, ndim=3)
             if colors.shape[:2] != points.shape[:2]:
