@@ -47,6 +47,15 @@ def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
     return point_silhouette_distances(grid_points, distance).sum(-1)
 
 
+def sample_at_points(maps: Tensor, rc: Tensor, mode: str) -> Tensor:
+    """Maps ``[R, C, H, W]`` sampled at projected points ``rc [R, N, (row, col)]`` (grid
+    coordinates, clamped to the image) -> ``[R, C, N]``; ``mode``: grid_sample's
+    ``bilinear`` or ``nearest``. Pixel centres as in the renderer (corners aligned)."""
+    # grid_sample wants (x, y) = (col, row) in [-1, 1].
+    grid = (2.0 * rc.clamp(-0.5, 0.5).flip(-1))[:, None]
+    return torch.nn.functional.grid_sample(maps, grid, mode=mode, align_corners=True)[:, :, 0]
+
+
 def point_silhouette_distances(grid_points: Tensor, distance: Tensor) -> Tensor:
     """Distance in pixels ``[..., N]`` of each projected point to the silhouette: the
     distance map ``[..., G, G]`` sampled bilinearly at the point's (row, col), plus the
@@ -57,13 +66,7 @@ def point_silhouette_distances(grid_points: Tensor, distance: Tensor) -> Tensor:
     N = grid_points.shape[-2]
     rc = grid_points[..., 1:].reshape(-1, N, 2)  # [R, N, (row, col)]
     inside = rc.clamp(-0.5, 0.5)
-    # grid_sample wants (x, y) = (col, row) in [-1, 1], corners aligned like the renderer.
-    d = torch.nn.functional.grid_sample(
-        distance.reshape(-1, 1, H, W).to(rc.dtype),
-        (2.0 * inside.flip(-1))[:, None],
-        mode="bilinear",
-        align_corners=True,
-    )[:, 0, 0]  # [R, N]
+    d = sample_at_points(distance.reshape(-1, 1, H, W).to(rc.dtype), rc, "bilinear")[:, 0]
     beyond = (rc - inside) * rc.new_tensor([H - 1, W - 1])  # pixels past the border
     return (d + beyond.norm(dim=-1)).view(*lead, N)
 
@@ -86,11 +89,8 @@ def surface_depth_residuals(
     gp = grid_points.reshape(-1, N, 3)
     rc = gp[..., 1:].detach()
     on_image = (rc >= -0.5).all(-1) & (rc <= 0.5).all(-1)
-    grid = (2.0 * rc.clamp(-0.5, 0.5).flip(-1))[:, None]  # (x, y) = (col, row) in [-1, 1]
     both = torch.stack((depth.reshape(-1, H, W), mask.reshape(-1, H, W)), 1).to(gp.dtype)
-    d, m = torch.nn.functional.grid_sample(both, grid, mode="nearest", align_corners=True)[
-        :, :, 0
-    ].unbind(1)  # [R, N] each
+    d, m = sample_at_points(both, rc, "nearest").unbind(1)  # [R, N] each
     r = gp[..., 0] + camera_distance - d
     return r.view(*lead, N), (on_image & (m > 0.99)).view(*lead, N)
 
