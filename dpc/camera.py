@@ -264,13 +264,17 @@ def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
     return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
-def mask_distance_maps(mask: Tensor, size: int, threshold: float = 0.5) -> Tensor:
-    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output.
+def mask_distance_maps(
+    mask: Tensor, size: int, threshold: float = 0.5, inside: bool = False
+) -> Tensor:
+    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output
+    (``inside=True``: from each silhouette pixel to the nearest background pixel).
 
-    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside. Computed at
-    the mask's own resolution (so parts thinner than a cell of the output still count as
-    silhouette), then resized like the masks and rescaled to output pixels. A view with an
-    empty silhouette gets zeros (nothing to pull points towards).
+    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside (outside with
+    ``inside=True``). Computed at the mask's own resolution (so parts thinner than a cell
+    of the output still count as silhouette), then resized like the masks and rescaled to
+    output pixels. A view with an empty silhouette gets zeros (nothing to pull points
+    towards).
     """
     import numpy as np
     from scipy.ndimage import distance_transform_edt
@@ -278,9 +282,10 @@ def mask_distance_maps(mask: Tensor, size: int, threshold: float = 0.5) -> Tenso
     S = mask.shape[-1]
     flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
     out = np.zeros(flat.shape, dtype=np.float32)
-    for i, inside in enumerate(flat):
-        if inside.any():
-            out[i] = distance_transform_edt(~inside)
+    for i, sil in enumerate(flat):
+        if sil.any():
+            # edt measures to the nearest zero: the background's zeros for inner distances
+            out[i] = distance_transform_edt(sil if inside else ~sil)
     d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
     return resize_masks(d, size).view(*mask.shape[:-2], size, size)
 

@@ -117,6 +117,81 @@ def surface_depth_loss(residual: Tensor, valid: Tensor, cells: int) -> Tensor:
     return best.mean(-1)
 
 
+def depth_surface_samples(
+    depth: Tensor,  # [R, G, G] optical-axis depth maps of the target views
+    mask: Tensor,  # [R, G, G] target silhouettes in [0, 1]
+    camera_distance: float,
+    num: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Up to ``num`` random pixels per view that lie fully inside the silhouette, lifted to
+    the grid coordinates (depth, row, col) of :func:`dpc.camera.world_to_grid` in that
+    view: ``q [R, num, 3]`` and ``valid [R, num]`` (False where a view has fewer such
+    pixels). Pixel centres as in the renderer (corners aligned)."""
+    R, H, W = depth.shape
+    inside = (mask > 0.99).reshape(R, H * W)
+    # valid pixels first, in random order (a random subset without replacement)
+    score = torch.rand(R, H * W, generator=generator).to(depth.device) + inside.to(depth.dtype)
+    idx = score.topk(min(num, H * W), dim=1).indices  # [R, S]
+    valid = inside.gather(1, idx)
+    d = depth.reshape(R, H * W).gather(1, idx)
+    row = (idx // W).to(depth.dtype) / max(H - 1, 1) - 0.5
+    col = (idx % W).to(depth.dtype) / max(W - 1, 1) - 0.5
+    return torch.stack((d - camera_distance, row, col), -1), valid
+
+
+def nearest_index(q: Tensor, p: Tensor) -> Tensor:
+    """Index ``[R, S]`` of the nearest point of ``p [R, N, 3]`` to each of ``q [R, S, 3]``:
+    a fused numba pass on CPU tensors (no ``[R, S, N]`` matrix), ``cdist`` + ``argmin``
+    elsewhere."""
+    if q.device.type == "cpu":
+        from kernels.cpu import nearest_index_cpu
+
+        return nearest_index_cpu(q, p)
+    return torch.cdist(q, p).argmin(-1)
+
+
+def depth_coverage(grid_points: Tensor, q: Tensor, valid: Tensor, cells: int) -> Tensor:
+    """Not in the paper: pulls the nearest point to every sampled surface pixel of the
+    target (the coverage half of a Chamfer distance against the depth maps' surface).
+
+    The surface-depth term puts points on the visible surface but cannot spread them over
+    it; the metric's coverage (ground truth -> prediction) then suffers from gaps. Here
+    each sampled pixel's lifted surface point ``q`` attracts its nearest predicted point.
+
+    Args: ``grid_points [R, N, 3]`` (world_to_grid of the cloud in each view), ``q`` /
+    ``valid`` ``[R, S, 3]`` / ``[R, S]`` from :func:`depth_surface_samples`; ``cells``:
+    grid cells per unit. Returns ``[R]``: mean over valid samples of the distance in cells
+    to the nearest point (0 for a view with none).
+    """
+    q = q.to(grid_points.dtype)
+    with torch.no_grad():  # only the nearest point gets gradient: pick it without a graph
+        nearest = nearest_index(q, grid_points.detach())  # [R, S]
+    p = grid_points.gather(1, nearest[..., None].expand(-1, -1, 3))
+    dist = ((p - q).square().sum(-1) + 1e-12).sqrt() * cells  # [R, S]
+    w = valid.to(dist.dtype)
+    return (dist * w).sum(-1) / w.sum(-1).clamp_min(1.0)
+
+
+def hull_surface_loss(grid_points: Tensor, inner: Tensor, cells_per_pixel: float = 1.0) -> Tensor:
+    """Not in the paper, silhouettes only: pulls each point onto the visual hull's surface.
+
+    A point on the surface of the visual hull of K views projects onto the contour of at
+    least one view's silhouette; a point inside the hull projects strictly inside every
+    silhouette. So per cloud: mean over points of ``min over views`` of the inner distance
+    map (pixels from the point's projection to the nearest background pixel; bilinear, 0
+    outside the silhouette, where the silhouette-distance term applies instead).
+
+    Args: ``grid_points [..., K, N, 3]``, ``inner [..., K, G, G]``
+    (:func:`dpc.camera.mask_distance_maps` with ``inside=True``). Returns ``[...]``.
+    """
+    d = point_silhouette_distances(grid_points, inner)  # [..., K, N]; border term is 0 inside
+    rc = grid_points[..., 1:]
+    on_image = ((rc >= -0.5) & (rc <= 0.5)).all(-1)
+    d = torch.where(on_image, d, torch.zeros_like(d))
+    return d.min(dim=-2).values.mean(-1) * cells_per_pixel
+
+
 class WTAResult(NamedTuple):
     loss: Tensor  # scalar: sum over views of the winner's loss / number of views
     winner: Tensor  # [B, K] int64 index of the winning candidate per view

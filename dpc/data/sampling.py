@@ -51,9 +51,12 @@ def build_batch_sampler(
         and (
             float(cfg.loss.depth_weight) > 0
             or float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
+            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
         ),
         with_mask_distance=with_targets
         and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
+        with_inner_distance=with_targets
+        and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
     )
 
 
@@ -84,15 +87,18 @@ class BatchSampler:
         world_size: int = 1,
         with_depth: bool = False,
         with_mask_distance: bool = False,
+        with_inner_distance: bool = False,
     ):
         self.with_mask_distance = with_mask_distance
+        self.with_inner_distance = with_inner_distance
         self.images = reader.images(split)
         self.masks = reader.masks(split)
         self.quats = reader.quats(split)
         self.depths = reader.depths(split) if with_depth else None
         if with_depth and self.depths is None:
             raise ValueError(
-                "loss.depth_weight or loss.surface_depth_weight > 0 but the dataset has no "
+                "loss.depth_weight, loss.surface_depth_weight or loss.depth_coverage_weight "
+                "> 0 but the dataset has no "
                 f"depth maps ({split})"
             )
         self.n = int(self.masks.shape[0])
@@ -138,7 +144,8 @@ class BatchSampler:
     def __call__(self, step: int) -> dict[str, Tensor]:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
         ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
-        (if asked; see :func:`dpc.camera.mask_distance_maps`), ``object_index [b]``,
+        and ``mask_inner_distance [b, K, G, G]`` (if asked; see
+        :func:`dpc.camera.mask_distance_maps`), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
@@ -170,6 +177,10 @@ class BatchSampler:
         if self.with_mask_distance:
             out["mask_distance"] = mask_distance_maps(
                 full_mask.view(b, self.K, *full_mask.shape[1:]), self.mask_size
+            )
+        if self.with_inner_distance:
+            out["mask_inner_distance"] = mask_distance_maps(
+                full_mask.view(b, self.K, *full_mask.shape[1:]), self.mask_size, inside=True
             )
         return out
 

@@ -14,6 +14,9 @@ from torch import Tensor, nn
 
 from dpc.camera import world_to_grid
 from dpc.losses import (
+    depth_coverage,
+    depth_surface_samples,
+    hull_surface_loss,
     per_view_l2,
     silhouette_distance,
     student_loss,
@@ -134,9 +137,11 @@ def compute_step(
     if step < int(lc.get("silhouette_distance_from_step", 0)):
         sd_weight = 0.0  # e.g. off until unsupervised poses have settled
     surf_weight = float(lc.get("surface_depth_weight", 0.0))
+    cov_weight = float(lc.get("depth_coverage_weight", 0.0))
+    hull_weight = float(lc.get("hull_surface_weight", 0.0))
     rs = renderer.settings
     grid = None
-    if sd_weight > 0 or surf_weight > 0:
+    if sd_weight > 0 or surf_weight > 0 or cov_weight > 0 or hull_weight > 0:
         # All points (not only the dropout subset): every stray is pulled back, every
         # point pulled to the surface. [R, N, 3] grid coordinates under each view's pose.
         grid = world_to_grid(
@@ -163,6 +168,31 @@ def compute_step(
         surf = surf[:, None].expand(b, K, M)
         terms["surface_depth"] = surf
         per_cand = per_cand + surf_weight * surf
+
+    if cov_weight > 0:
+        # per view and candidate: the same sampled surface pixels for every candidate
+        g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + 7)
+        q, ok = depth_surface_samples(
+            batch["depth"].flatten(0, 1),
+            masks.flatten(0, 1),
+            rs.camera_distance,
+            int(lc.get("depth_coverage_samples", 256)),
+            g,
+        )
+        S = q.shape[1]
+        q = q.view(b, K, 1, S, 3).expand(b, K, M, S, 3).reshape(R, S, 3)
+        ok = ok.view(b, K, 1, S).expand(b, K, M, S).reshape(R, S)
+        cov = depth_coverage(grid, q, ok, G - 1).view(b, K, M)
+        terms["depth_coverage"] = cov
+        per_cand = per_cand + cov_weight * cov
+
+    if hull_weight > 0:
+        # per cloud and candidate: the min over the object's K views
+        inner = batch["mask_inner_distance"][:, :, None].expand(b, K, M, G, G)
+        hull = hull_surface_loss(grid.view(b, K, M, -1, 3).transpose(1, 2), inner.transpose(1, 2))
+        hull = hull[:, None].expand(b, K, M)
+        terms["hull_surface"] = hull
+        per_cand = per_cand + hull_weight * hull
 
     wta = winner_takes_all(per_cand)
     winner = wta.winner if predict_pose else None

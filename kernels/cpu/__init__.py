@@ -19,6 +19,7 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from kernels.cpu.blur import blur3d_cpu, blur_occupancy_cpu
+from kernels.cpu.nearest import nearest_index_cpu
 from kernels.cpu.project import ray_project_cpu
 from kernels.cpu.splat import splat_points_cpu
 from kernels.cpu.transform import rotate_project_cpu
@@ -26,6 +27,7 @@ from kernels.cpu.transform import rotate_project_cpu
 __all__ = [
     "blur3d_cpu",
     "blur_occupancy_cpu",
+    "nearest_index_cpu",
     "ray_project_cpu",
     "rotate_project_cpu",
     "splat_points_cpu",

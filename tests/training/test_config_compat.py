@@ -15,7 +15,13 @@ RESOLVED = Path(__file__).with_name("data") / "resolved"
 REMOVED = {"trainer.debug_nan_steps", "trainer.debug_step_sleep"}
 RENAMED: dict[str, str] = {}  # old dotted key -> new dotted key (none so far)
 # keys added since, with the value every experiment gets (the previous behaviour)
-ADDED = {"render.kernel_variant": "passes", "loss.surface_depth_weight": 0.0}
+ADDED = {
+    "render.kernel_variant": "passes",
+    "loss.surface_depth_weight": 0.0,
+    "loss.depth_coverage_weight": 0.0,
+    "loss.depth_coverage_samples": 256,
+    "loss.hull_surface_weight": 0.0,
+}
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
 
