@@ -70,7 +70,10 @@ def ideal_cloud_scores(
         m = src.load(oid)
         normalize_mesh(m, s)
         np.random.seed(seed + i)  # trimesh samples with numpy's global generator
-        vol = trimesh.sample.volume_mesh(m, 20 * points)
+        for factor in (20, 100):  # rejection sampling: thin parts need more draws
+            vol = trimesh.sample.volume_mesh(m, factor * points)
+            if len(vol) >= points:
+                break
         if len(vol) < points:
             no_volume.append(f"{oid} ({len(vol)} inside samples)")
         else:

@@ -1,0 +1,61 @@
+"""Markdown table rows for RESULTS.md, read from the evaluation's own files in results/.
+
+    python results/tables.py results/r2_car_camsup_paper_s0 results/r2_car_camsup_best_s0 ...
+
+Per run folder (made from a run directory: ``eval/test/metrics_test.json`` and the run's
+``config.yaml`` / ``summary.json``): experiment name, seed, steps, training wall time,
+test precision / coverage / Chamfer (x100), and for pose-predicting runs the accuracy at
+30 degrees and median error under the paper's and the flip-robust alignment, and the
+accuracy up to a front/back flip (``dpc.eval.pose_report``).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def row(folder: Path) -> str:
+    m = json.loads((folder / "metrics_test.json").read_text())
+    s = json.loads((folder / "summary.json").read_text())
+    c = yaml.safe_load((folder / "config.yaml").read_text())
+    wall = s.get("wall_time_s")
+    cells = [
+        f"`{folder.name}`",
+        str(c.get("name")),
+        str(c.get("seed")),
+        str(s.get("step")),
+        "—" if wall is None else f"{wall / 60:.1f} min",
+        f"{m['precision']:.2f}",
+        f"{m['coverage']:.2f}",
+        f"**{m['chamfer']:.2f}**",
+    ]
+    pr = m.get("pose_report")
+    if pr:
+        p, r = pr.get("paper", {}), pr["robust"]
+        cells += [
+            f"{p.get('accuracy', float('nan')):.3f} / {p.get('median_deg', float('nan')):.0f}",
+            f"{r['accuracy']:.3f} / {r['median_deg']:.0f}",
+            f"{r['accuracy_up_to_flip']:.3f}",
+        ]
+    else:
+        cells += ["—", "—", "—"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def mean_shape(folder: Path) -> str:
+    b = json.loads((folder / "metrics_test.json").read_text())["baselines"]["mean_shape"]
+    return f"mean shape: precision {b['precision']:.2f}, coverage {b['coverage']:.2f}, Chamfer {b['chamfer']:.2f}"
+
+
+if __name__ == "__main__":
+    folders = [Path(a) for a in sys.argv[1:]]
+    print("| files | experiment | seed | steps | wall | precision | coverage | Chamfer "
+          "| pose acc@30 / median, paper alignment | same, flip-robust | acc up to flip |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for f in folders:
+        print(row(f))
+    if folders:
+        print()
+        print(mean_shape(folders[0]))
