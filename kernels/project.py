@@ -353,6 +353,7 @@ def ray_project(
     return_depth: bool = True,
     return_probs: bool = False,
     backend: Backend = "auto",
+    logsum_clip: float | None = None,
 ) -> RayProjection:
     """Project ``occupancy`` along D (near to far) by ray termination.
 
@@ -361,6 +362,10 @@ def ray_project(
     ``[B, C, H, W]`` over ``background`` (if ``colors``), and the per-cell termination
     probabilities ``[B, D+1, H, W]`` if ``return_probs`` (last slice: the ray escapes).
     Differentiable w.r.t. ``occupancy`` and ``colors`` (also through ``probs``).
+
+    ``logsum_clip=c``: the original's log-space form with occupancy clipped to
+    ``[c, 1 - c]`` (:func:`~kernels.reference.ray_termination_logsum`). It exists in the
+    reference only: every backend falls back to :func:`ray_project_ref` for it.
     """
     check_tensor("occupancy", occupancy, ndim=5)
     if occupancy.shape[1] != 1:
@@ -372,6 +377,19 @@ def ray_project(
                 f"colors must be [B, C, D, H, W] matching occupancy {tuple(occupancy.shape)}, "
                 f"got {tuple(colors.shape)}"
             )
+    if logsum_clip is not None:
+        if not 0.0 < logsum_clip < 0.5:
+            raise ValueError(f"logsum_clip must be in (0, 0.5), got {logsum_clip}")
+        return ray_project_ref(
+            occupancy,
+            colors,
+            camera_distance,
+            max_depth,
+            background,
+            return_depth,
+            return_probs,
+            logsum_clip,
+        )
     path = select_backend(backend, occupancy, colors)
     if path == "triton":
         out = RayProject.apply(
