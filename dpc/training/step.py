@@ -14,8 +14,10 @@ from torch import Tensor, nn
 
 from dpc.camera import world_to_grid
 from dpc.losses import (
+    align_reference_points,
     per_view_l2,
     silhouette_distance,
+    student_align_loss,
     student_loss,
     surface_depth_loss,
     surface_depth_residuals,
@@ -215,11 +217,17 @@ def compute_step(
     proj = per_view_l2(sil, masks[:, :, None])
     terms = {k: sel(v) for k, v in terms.items()}
     terms["projection_loss"] = sel(proj)
-    if predict_pose and out.pose_student is not None and lc.pose_student_align_loss > 0:
+    student_weight = float(lc.pose_predictor_student_loss_weight)
+    if predict_pose and out.pose_student is not None and student_weight > 0:
         teacher = quats.gather(2, wta.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
-        st = student_loss(out.pose_student.float().view(b, K, 4), teacher)
+        student = out.pose_student.float().view(b, K, 4)
+        if lc.get("pose_student_align_loss", False) is True:  # the original's align form
+            ref = align_reference_points(device=student.device)
+            st = student_align_loss(student, teacher, ref)
+        else:
+            st = student_loss(student, teacher)
         terms["student_loss"] = st
-        loss = loss + lc.pose_student_align_loss * st
+        loss = loss + student_weight * st
     # Weight decay is not in this loss: the optimiser adds its gradient (parameter groups,
     # dpc.training.optim), the loop logs its value at log steps.
     terms["data_loss"] = loss
