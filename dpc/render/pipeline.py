@@ -37,8 +37,7 @@ class RenderSettings:
     # path only). The default moves to the faster one once a GPU has timed both.
     kernel_variant: Literal["passes", "fused"] = "passes"
     # Fidelity switches (docs/training.md, "Fidelity switches"): dpc's behaviour by
-    # default; the original's forms exist in the torch reference only, so with them on
-    # the ops concerned run there whatever ``backend`` says.
+    # default. drc_logsum skips the fused kernel (no clip between its blur and projection).
     drc_logsum: bool = False  # ray termination in log space, o clipped [drc_logsum]
     drc_logsum_clip_val: float = 1e-5  # that clip c: o in [c, 1 - c] [drc_logsum_clip_val]
     # colour sums clipped to [0, 1]: None never (dpc), False before the blur (original),
