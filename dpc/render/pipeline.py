@@ -192,7 +192,7 @@ class PointCloudRenderer(nn.Module):
             s.kernel_variant == "fused"
             and feat is None
             and s.projection == "drc"
-            and not s.drc_logsum  # the fused kernel has the exact products only
+            and not s.drc_logsum  # no clip between the fused kernel's blur and projection
             and not (return_voxels or return_probs)
         ):
             # The training path: smoothing + projection without the occupancy volume.
