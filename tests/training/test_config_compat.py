@@ -16,20 +16,24 @@ REMOVED = {"trainer.debug_nan_steps", "trainer.debug_step_sleep"}
 # old dotted key -> new dotted key (the student weight got the original's name; a number
 # under the old key still works, dpc.losses.normalize_loss_config)
 RENAMED = {"loss.pose_student_align_loss": "loss.pose_predictor_student_loss_weight"}
-# keys added since, with the value every experiment gets (the previous behaviour)
+# keys added since, with the value every experiment gets (the previous behaviour, except
+# where noted)
 ADDED = {
     "render.kernel_variant": "passes",
     "loss.surface_depth_weight": 0.0,
-    # fidelity switches (docs/training.md): dpc's behaviour
     "loss.pose_student_align_loss": False,
-    "render.drc_logsum": False,
+    # fidelity switches (docs/training.md): the original's behaviour, which changed every
+    # experiment (dpc's former values, also what configs without the keys get:
+    # drc_logsum false, pc_rgb_clip_after_conv null, epsilon 1e-4, raw divisor false,
+    # per-view dropout false, pose_code_activation leaky_relu)
+    "render.drc_logsum": True,
     "render.drc_logsum_clip_val": 1e-5,
-    "render.pc_rgb_clip_after_conv": None,
+    "render.pc_rgb_clip_after_conv": False,
     "render.pc_rgb_divide_by_occupancies": True,
-    "render.pc_rgb_divide_by_occupancies_epsilon": 1e-4,
-    "render.pc_rgb_divide_by_raw_occupancies": False,
-    "render.pc_point_dropout_per_view": False,
-    "model.pose_code_activation": "leaky_relu",
+    "render.pc_rgb_divide_by_occupancies_epsilon": 0.01,
+    "render.pc_rgb_divide_by_raw_occupancies": True,
+    "render.pc_point_dropout_per_view": True,
+    "model.pose_code_activation": "relu",
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -155,11 +155,16 @@ def test_render_settings_from_cfg_and_errors():
     cfg = compose_cfg(["render.drc_logsum=true", "render.drc_logsum_clip_val=0.001"])
     s = RenderSettings.from_cfg(cfg)
     assert s.drc_logsum and s.drc_logsum_clip_val == 0.001
+    # the training config's defaults: the original's behaviour
     d = RenderSettings.from_cfg(compose_cfg([]))
-    assert not d.drc_logsum and d.pc_rgb_clip_after_conv is None
-    assert d.pc_rgb_divide_by_occupancies_epsilon == 1e-4 and d.normalize_colors
+    assert d.drc_logsum and d.drc_logsum_clip_val == 1e-5 and d.pc_rgb_clip_after_conv is False
+    assert d.pc_rgb_divide_by_occupancies_epsilon == 0.01 and d.normalize_colors
+    assert d.pc_rgb_divide_by_raw_occupancies
+    # an older run's config without the keys: dpc's former behaviour, as it was trained
     old = OmegaConf.create({"render": {"vox_size": 32, "pc_gauss_kernel_size": 7}})
-    assert RenderSettings.from_cfg(old) == RenderSettings(vox_size=32, kernel_size=7)
+    s_old = RenderSettings.from_cfg(old)
+    assert s_old == RenderSettings(vox_size=32, kernel_size=7)
+    assert not s_old.drc_logsum and s_old.pc_rgb_clip_after_conv is None
     with pytest.raises(ValueError, match="render.drc_logsum_clip_val"):
         RenderSettings(drc_logsum_clip_val=0.0)
     with pytest.raises(ValueError, match="render.pc_rgb_clip_after_conv"):
@@ -287,7 +292,7 @@ def _tiny_step(overrides, keep=0.5):
 
 
 def test_step_per_view_dropout_renders_a_subset_per_image():
-    out, seen, _, _ = _tiny_step(["render.pc_point_dropout_per_view=true"], keep=0.105)
+    out, seen, _, _ = _tiny_step([], keep=0.105)  # the default: per view
     b, K, M = 2, 2, 2
     assert seen.shape == (b * K * M, 31, 3)  # floor(0.105 * 300) = 31
     per_obj = seen.view(b, K * M, 31, 3)
@@ -296,7 +301,7 @@ def test_step_per_view_dropout_renders_a_subset_per_image():
         assert len(sets) == K * M
         pts = {tuple(p) for p in out.points[i].tolist()}
         assert all(tuple(p) in pts for p in per_obj[i].reshape(-1, 3).tolist())
-    _, seen_d, _, _ = _tiny_step([], keep=0.105)
+    _, seen_d, _, _ = _tiny_step(["render.pc_point_dropout_per_view=false"], keep=0.105)
     assert seen_d.shape == (b * K * M, 32, 3)  # dpc: ceil, one subset per object
     assert torch.equal(seen_d[0], seen_d[K * M - 1])
 
@@ -314,9 +319,15 @@ def test_pose_code_activation_switch():
     torch.testing.assert_close(z_l, z_r)  # the shape code is untouched
     assert (p_l < 0).any() and (p_r >= 0).all()
     torch.testing.assert_close(p_r, p_l.clamp_min(0))  # relu(u) = leaky(u) where u >= 0
-    m = build_model(compose_cfg(TINY + ["model.pose_code_activation=relu"]))
+    m = build_model(compose_cfg(TINY))  # the default: the original's ReLU
     assert isinstance(m.encoder.pose_act, torch.nn.ReLU)
-    assert isinstance(build_model(compose_cfg(TINY)).encoder.pose_act, torch.nn.LeakyReLU)
+    m = build_model(compose_cfg(TINY + ["model.pose_code_activation=leaky_relu"]))
+    assert isinstance(m.encoder.pose_act, torch.nn.LeakyReLU)
+    # an older run's config without the key: dpc's former leaky ReLU
+    old = OmegaConf.create(OmegaConf.to_container(compose_cfg(TINY).model))
+    del old["pose_code_activation"]
+    old = OmegaConf.create({"model": old, "data": {"image_size": 32}})
+    assert isinstance(build_model(old).encoder.pose_act, torch.nn.LeakyReLU)
     with pytest.raises(ValueError, match="model.pose_code_activation"):
         build_model(compose_cfg(TINY + ["model.pose_code_activation=tanh"]))
 
