@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dpc.camera import quat_conj, quat_mul, quat_normalize
+from dpc.camera import quat_conj, quat_mul, quat_normalize, quat_rotate
 
 
 def per_view_l2(pred: Tensor, target: Tensor, image_dims: int = 2) -> Tensor:
@@ -232,3 +232,71 @@ def l2_weight_decay(model: nn.Module, weight_decay: float) -> Tensor | float:
 def decay_parameters(model: nn.Module) -> list[Tensor]:
     """The parameters weight decay applies to: weight matrices and conv kernels."""
     return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]
+
+
+ALIGN_REFERENCE_POINTS = 2000  # the original's setup_misc: 2000 points, N(0, 1) clipped to 3
+
+
+def align_reference_points(
+    num_points: int = ALIGN_REFERENCE_POINTS, seed: int = 0, dtype=torch.float32, device=None
+) -> Tensor:
+    """The fixed reference cloud ``[P, 3]`` of :func:`student_align_loss`: standard normal
+    coordinates clipped to ``[-3, 3]``, as the original draws them. The original makes it
+    a ``tf.Variable`` (trainable by default, no fixed seed); here it is drawn from ``seed``
+    and held fixed."""
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.randn(num_points, 3, generator=g, dtype=torch.float64).clamp(-3.0, 3.0)
+    return pts.to(dtype=dtype, device=device)
+
+
+def student_align_loss(student: Tensor, teacher: Tensor, ref_points: Tensor) -> Tensor:
+    """The original's other student loss (``loss.pose_student_align_loss: true``): the
+    reference cloud ``ref_points [P, 3]`` rotated by the teacher and by the student
+    quaternions ``[..., 4]`` (normalised here; the teacher held constant) should coincide.
+    Returns the mean over quaternions of ``0.5 * sum_p |R_t p - R_s p|^2 / P`` (its
+    ``tf.nn.l2_loss(pc_1 - pc_2) / num_ref_points`` divided by the number of views)."""
+    t = quat_normalize(teacher.detach()).reshape(-1, 4)
+    s = quat_normalize(student).reshape(-1, 4)
+    ref = ref_points.to(s.dtype)[None].expand(s.shape[0], -1, -1)
+    diff = quat_rotate(t, ref) - quat_rotate(s, ref)  # [Q, P, 3]
+    return 0.5 * diff.square().sum((1, 2)).mean() / ref_points.shape[0]
+
+
+def normalize_loss_config(loss) -> None:
+    """Bring a ``loss`` config group (a training config's, or an older run's saved one) to
+    the current keys, in place; the one place the deprecated key is handled.
+
+    ``loss.pose_student_align_loss`` used to be the *weight* of the student loss (a
+    number, 20); the original calls that weight ``pose_predictor_student_loss_weight`` and
+    uses ``pose_student_align_loss`` as a true/false switch for :func:`student_align_loss`.
+    A number there is therefore the deprecated weight: it replaces
+    ``pose_predictor_student_loss_weight`` (with a ``DeprecationWarning`` and a logged
+    line) and the switch becomes false; a bool is the switch.
+    """
+    import logging
+    import warnings
+
+    from omegaconf import open_dict
+
+    old = loss.get("pose_student_align_loss", False)
+    with open_dict(loss):
+        if old is None or isinstance(old, bool):
+            loss.pose_student_align_loss = bool(old)
+        elif isinstance(old, (int, float)):
+            msg = (
+                f"loss.pose_student_align_loss={old} is the deprecated name of the student-loss "
+                f"weight: using loss.pose_predictor_student_loss_weight={old} (the original's "
+                "name) and loss.pose_student_align_loss=false (now the original's true/false "
+                "switch of the reference-point align loss)"
+            )
+            warnings.warn(msg, DeprecationWarning, stacklevel=2)
+            logging.getLogger("dpc").warning(msg)
+            loss.pose_predictor_student_loss_weight = float(old)
+            loss.pose_student_align_loss = False
+        else:
+            raise ValueError(
+                "loss.pose_student_align_loss must be true/false (or, deprecated, a number: "
+                f"the student-loss weight), got {old!r}"
+            )
+        if "pose_predictor_student_loss_weight" not in loss:
+            loss.pose_predictor_student_loss_weight = 20.0

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from dpc.data import batch_iterator, build_batch_sampler
+from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
 from dpc.training import schedules
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> dict:
     consecutive non-finite losses (a checkpoint of the last good state is written first).
     """
     t_start = time.perf_counter()
+    normalize_loss_config(cfg.loss)  # deprecated keys -> current ones (saved that way)
     check_loss_config(cfg.loss)
     tr = cfg.trainer
     rank, world, local_rank = setup_distributed(str(cfg.device))

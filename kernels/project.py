@@ -21,6 +21,8 @@ overwriting it with the gradient.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -353,6 +355,7 @@ def ray_project(
     return_depth: bool = True,
     return_probs: bool = False,
     backend: Backend = "auto",
+    logsum_clip: float | None = None,
 ) -> RayProjection:
     """Project ``occupancy`` along D (near to far) by ray termination.
 
@@ -361,6 +364,12 @@ def ray_project(
     ``[B, C, H, W]`` over ``background`` (if ``colors``), and the per-cell termination
     probabilities ``[B, D+1, H, W]`` if ``return_probs`` (last slice: the ray escapes).
     Differentiable w.r.t. ``occupancy`` and ``colors`` (also through ``probs``).
+
+    ``logsum_clip=c``: the original's log-space form with occupancy clipped to
+    ``[c, 1 - c]`` (:func:`~kernels.reference.ray_termination_logsum`, the oracle). The
+    Triton and CPU paths get it without a kernel of their own (:func:`_logsum_from_exact`):
+    the exact products of the clipped occupancy, with the original's ``exp(c)`` on
+    ``p_1`` and the escape added in torch; equal to the reference up to rounding.
     """
     check_tensor("occupancy", occupancy, ndim=5)
     if occupancy.shape[1] != 1:
@@ -373,6 +382,35 @@ def ray_project(
                 f"got {tuple(colors.shape)}"
             )
     path = select_backend(backend, occupancy, colors)
+    if logsum_clip is not None:
+        if not 0.0 < logsum_clip < 0.5:
+            raise ValueError(f"logsum_clip must be in (0, 0.5), got {logsum_clip}")
+        if path == "reference":
+            return ray_project_ref(
+                occupancy,
+                colors,
+                camera_distance,
+                max_depth,
+                background,
+                return_depth,
+                return_probs,
+                logsum_clip,
+            )
+        clipped = occupancy.clamp(logsum_clip, 1.0 - logsum_clip)
+        exact = ray_project(
+            clipped,
+            colors,
+            camera_distance,
+            max_depth,
+            background,
+            return_depth,
+            return_probs,
+            path,
+        )
+        return _logsum_from_exact(
+            exact, clipped, colors, logsum_clip, camera_distance, max_depth, background,
+            return_depth,
+        )  # fmt: skip
     if path == "triton":
         out = RayProject.apply(
             occupancy.contiguous(),
@@ -391,6 +429,42 @@ def ray_project(
     return ray_project_ref(
         occupancy, colors, camera_distance, max_depth, background, return_depth, return_probs
     )
+
+
+def _logsum_from_exact(
+    exact: RayProjection,  # ray_project of the clipped occupancy
+    clipped: Tensor,  # [B, 1, D, H, W] occupancy clipped to [c, 1 - c]
+    colors: Tensor | None,
+    c: float,
+    camera_distance: float,
+    max_depth: float,
+    background: float,
+    return_depth: bool,
+) -> RayProjection:
+    """The original's log-space outputs from the exact products of the clipped occupancy.
+
+    ``exp(sum of logs)`` of the clipped values is their product, so only the original's
+    log-space "unity" differs: it pads with ``c`` (not 0), which puts a factor ``exp(c)``
+    on ``p_1`` and on the escape ``p_{D+1}``, and its silhouette is ``sum_k p_k``. With
+    ``f = exp(c) - 1``, ``o_1`` the first cell and ``E = 1 - silhouette`` the exact
+    escape: silhouette ``+ f o_1``, depth ``+ f (o_1 d_1 + E max_depth)``, colour
+    ``+ f (o_1 c_1 + E background)``.
+    """
+    f = math.expm1(c)
+    o1 = clipped[:, 0, 0]  # [B, H, W]
+    escape = 1.0 - exact.silhouette
+    sil = exact.silhouette + f * o1
+    depth = None
+    if return_depth:
+        d1 = camera_distance - 0.5  # depth of the first cell (depth_values)
+        depth = exact.depth + f * (o1 * d1 + escape * max_depth)
+    color = None
+    if colors is not None:
+        color = exact.color + f * (o1[:, None] * colors[:, :, 0] + escape[:, None] * background)
+    probs = exact.probs
+    if probs is not None:
+        probs = torch.cat((probs[:, :1] * (1 + f), probs[:, 1:-1], probs[:, -1:] * (1 + f)), 1)
+    return RayProjection(sil, depth, color, probs)
 
 
 def max_project(occupancy: Tensor) -> Tensor:

@@ -144,6 +144,7 @@ def ray_project_ref(
     background: float = 1.0,
     return_depth: bool = True,
     return_probs: bool = False,
+    logsum_clip: float | None = None,
 ) -> RayProjection:
     """Reference of :func:`kernels.ray_project` (TF ``drc_projection`` / ``drc_depth``).
 
@@ -153,7 +154,22 @@ def ray_project_ref(
 
     The products are an exclusive ``cumprod`` of ``1 - o``: exact for o in [0, 1] (no
     log-space clipping), and torch's cumprod backward stays finite where ``1 - o == 0``.
+
+    ``logsum_clip=c`` (the original's ``drc_logsum: true``, ``drc_logsum_clip_val: c``):
+    :func:`ray_termination_logsum` instead, and the silhouette is the sum of the D
+    termination probabilities (the original's ``drc_projection``), not ``1 - p_{D+1}``.
     """
+    if logsum_clip is not None:
+        return _ray_project_logsum(
+            occupancy,
+            colors,
+            camera_distance,
+            max_depth,
+            background,
+            return_depth,
+            return_probs,
+            logsum_clip,
+        )
     o = occupancy[:, 0]  # [B, D, H, W]
     B, D, H, W = o.shape
     trans = torch.cumprod(1.0 - o, dim=1)  # prod_{j<=k} (1 - o_j)
@@ -170,6 +186,51 @@ def ray_project_ref(
         color = (p[:, None] * colors).sum(2) + escape[:, None] * background
     probs = torch.cat((p, escape[:, None]), dim=1) if return_probs else None
     return RayProjection(silhouette, depth, color, probs)
+
+
+def ray_termination_logsum(occupancy: Tensor, clip_val: float) -> Tensor:
+    """The original's ray-termination probabilities in log space (``drc_logsum``,
+    ``drc_event_probabilities_impl`` in its ``util/drc.py``): ``occupancy [B, D, H, W]``
+    -> ``p [B, D+1, H, W]`` (last slice: the ray escapes).
+
+    ``o`` is clipped to ``[c, 1 - c]`` (no gradient outside, as ``tf.clip_by_value``), then
+    ``log p_k = log o_k + sum_{j<k} log(1 - o_j)`` and ``log p_{D+1} = sum_j log(1 - o_j)``
+    via a cumsum. The original pads both sequences with ``c`` as its "log-space unity"
+    (where 0 would be the exact one), so ``p_1`` and ``p_{D+1}`` carry a factor ``exp(c)``:
+    kept, to match it. With no ``o`` near 0 or 1 this equals the exact products up to
+    that factor; an empty ray terminates with ``1 - (1 - c)^D`` instead of 0.
+    """
+    o = occupancy.clamp(clip_val, 1.0 - clip_val)
+    log_o, log_1m = torch.log(o), torch.log1p(-o)
+    unity = torch.full_like(o[:, :1], clip_val)  # the original's "log_unity"
+    before = torch.cat((unity, torch.cumsum(log_1m, dim=1)), dim=1)  # [B, D+1]
+    return torch.exp(before + torch.cat((log_o, unity), dim=1))
+
+
+def _ray_project_logsum(
+    occupancy,
+    colors,
+    camera_distance,
+    max_depth,
+    background,
+    return_depth,
+    return_probs,
+    clip_val,
+) -> RayProjection:
+    """:func:`ray_project_ref` with :func:`ray_termination_logsum` (see there)."""
+    o = occupancy[:, 0]  # [B, D, H, W]
+    D = o.shape[1]
+    probs = ray_termination_logsum(o, clip_val)  # [B, D+1, H, W]
+    p, escape = probs[:, :D], probs[:, D]
+    silhouette = p.sum(1)  # the original: sum of p_k * [1, ..., 1, 0]
+    depth = None
+    if return_depth:
+        dv = depth_values(D, camera_distance, max_depth, o.dtype, o.device)
+        depth = (probs * dv[:, None, None]).sum(1)
+    color = None
+    if colors is not None:
+        color = (p[:, None] * colors).sum(2) + escape[:, None] * background
+    return RayProjection(silhouette, depth, color, probs if return_probs else None)
 
 
 def blur_ray_project_ref(

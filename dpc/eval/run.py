@@ -169,6 +169,7 @@ class LoadedRun:
         from omegaconf import OmegaConf
 
         from dpc.eval.alignment import AlignmentResult
+        from dpc.losses import normalize_loss_config
         from dpc.models import build_model
         from dpc.render import PointCloudRenderer, RenderSettings
 
@@ -186,19 +187,14 @@ class LoadedRun:
         self.step = int(ck.get("step", -1))
         self.device = torch.device(device)
         self.cfg = OmegaConf.create(ck["config"])
+        normalize_loss_config(self.cfg.loss)  # older runs: the deprecated student-weight key
         self.model = build_model(self.cfg)
         self.model.load_state_dict(ck["model"])
         self.model.to(self.device).eval()
         self.image_size = int(self.cfg.data.image_size)
         r = self.cfg.render
-        self.renderer = PointCloudRenderer(
-            RenderSettings(
-                vox_size=int(r.vox_size),
-                kernel_size=int(r.pc_gauss_kernel_size),
-                projection=str(r.get("projection", "drc")),
-                backend=str(r.get("backend", "auto")),
-            )
-        )
+        # the run's renderer as trained (fidelity switches included)
+        self.renderer = PointCloudRenderer(RenderSettings.from_cfg(self.cfg))
         self.sigma = float(r.get("pc_relative_sigma_end", 0.2) or 0.2)
         self.alignment: torch.Tensor | None = None  # [4] model frame -> canonical frame
         self.frame = "canonical (camera-supervised: the data set's frame)"

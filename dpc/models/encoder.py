@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu default, as in the original
+# model.pose_code_activation: dpc's leaky_relu, or the original's relu
+POSE_CODE_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE), "relu": nn.ReLU}
 
 
 def init_he(module: nn.Module) -> None:
@@ -28,7 +30,8 @@ class ImageEncoder(nn.Module):
     FC F -> FC F -> FC F (shape code z). The pose code is one more FC F from the second
     FC layer, built only with ``pose_code`` (a camera-supervised model has no pose heads,
     so the layer would get no gradient and only add to the weight-decay term). Leaky ReLU
-    (0.2) everywhere.
+    (0.2) everywhere, except the pose code with ``pose_code_activation="relu"`` (the
+    original's).
     """
 
     def __init__(
@@ -37,8 +40,14 @@ class ImageEncoder(nn.Module):
         base_channels: int = 16,
         fc_dim: int = 1024,
         pose_code: bool = True,
+        pose_code_activation: str = "leaky_relu",
     ):
         super().__init__()
+        if pose_code_activation not in POSE_CODE_ACTIVATIONS:
+            raise ValueError(
+                f"model.pose_code_activation must be one of {sorted(POSE_CODE_ACTIVATIONS)}, "
+                f"got {pose_code_activation!r}"
+            )
         if image_size < 8 or image_size & (image_size - 1):
             raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
         act = lambda: nn.LeakyReLU(LEAKY_SLOPE)
@@ -58,6 +67,8 @@ class ImageEncoder(nn.Module):
         self.fc3 = nn.Linear(fc_dim, fc_dim)
         self.fc_pose = nn.Linear(fc_dim, fc_dim) if pose_code else None
         self.act = act()
+        # the original's pose layer is slim's fully_connected with its default ReLU
+        self.pose_act = POSE_CODE_ACTIVATIONS[pose_code_activation]()
         self.image_size = image_size
         self.out_dim = fc_dim
         init_he(self)
@@ -75,7 +86,7 @@ class ImageEncoder(nn.Module):
         x = self.act(self.fc1(torch.flatten(x, 1)))
         h = self.act(self.fc2(x))
         z = self.act(self.fc3(h))
-        pose_code = self.act(self.fc_pose(h)) if self.fc_pose is not None else None
+        pose_code = self.pose_act(self.fc_pose(h)) if self.fc_pose is not None else None
         return z, pose_code
 
 

@@ -42,10 +42,13 @@ class DPCModel(nn.Module):
         student: bool = True,
         points_init_std: float = 0.025,
         learn_scale: bool = True,
+        pose_code_activation: str = "leaky_relu",
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
-        self.encoder = ImageEncoder(image_size, base_channels, fc_dim, pose_code=predict_pose)
+        self.encoder = ImageEncoder(
+            image_size, base_channels, fc_dim, predict_pose, pose_code_activation
+        )
         self.decoder = PointDecoder(fc_dim, num_points, rgb, points_init_std)
         # learn_scale=False: a constant occupancy scale of max_scale (no head)
         self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
@@ -98,6 +101,7 @@ def build_model(cfg) -> DPCModel:
         student=bool(m.pose_predictor_student),
         points_init_std=float(m.pc_decoder_init_stddev),
         learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
+        pose_code_activation=str(m.get("pose_code_activation", "leaky_relu")),
     )
 
 

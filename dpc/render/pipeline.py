@@ -29,12 +29,41 @@ class RenderSettings:
     max_depth: float = 10.0  # depth of escaping rays [max_depth]
     background: float = 1.0  # colour of escaping rays (white)
     projection: Literal["drc", "max"] = "drc"  # ray termination, or PTN max baseline
-    normalize_colors: bool = True  # divide the colour volume by the smoothed occupancy
+    # divide the colour volume by the smoothed occupancy [pc_rgb_divide_by_occupancies]
+    normalize_colors: bool = True
     backend: Literal["auto", "reference", "triton", "cpu"] = "auto"
     # Triton kernels for smoothing + projection: "passes" (blur passes, then the
     # projection) or "fused" (kernels/fused.py: about half the memory traffic; training
     # path only). The default moves to the faster one once a GPU has timed both.
     kernel_variant: Literal["passes", "fused"] = "passes"
+    # Fidelity switches (docs/training.md, "Fidelity switches"): dpc's behaviour by
+    # default. drc_logsum skips the fused kernel (no clip between its blur and projection).
+    drc_logsum: bool = False  # ray termination in log space, o clipped [drc_logsum]
+    drc_logsum_clip_val: float = 1e-5  # that clip c: o in [c, 1 - c] [drc_logsum_clip_val]
+    # colour sums clipped to [0, 1]: None never (dpc), False before the blur (original),
+    # True after the division [pc_rgb_clip_after_conv]
+    pc_rgb_clip_after_conv: bool | None = None
+    # epsilon of the colour division (original 0.01) [pc_rgb_divide_by_occupancies_epsilon]
+    pc_rgb_divide_by_occupancies_epsilon: float = 1e-4
+    # divide by the blurred *raw* occupancy (unclipped, unscaled, no gradient) as the
+    # original does, instead of the blurred clipped one (dpc)
+    pc_rgb_divide_by_raw_occupancies: bool = False
+
+    def __post_init__(self):
+        if not 0.0 < float(self.drc_logsum_clip_val) < 0.5:
+            raise ValueError(
+                f"render.drc_logsum_clip_val must be in (0, 0.5), got {self.drc_logsum_clip_val}"
+            )
+        if self.pc_rgb_clip_after_conv not in (None, True, False):
+            raise ValueError(
+                "render.pc_rgb_clip_after_conv must be null (never clip), false (before the "
+                f"blur) or true (after the division), got {self.pc_rgb_clip_after_conv!r}"
+            )
+        if not float(self.pc_rgb_divide_by_occupancies_epsilon) > 0.0:
+            raise ValueError(
+                "render.pc_rgb_divide_by_occupancies_epsilon must be > 0, "
+                f"got {self.pc_rgb_divide_by_occupancies_epsilon}"
+            )
 
     @property
     def size(self) -> tuple[int, int, int]:
@@ -52,6 +81,14 @@ class RenderSettings:
             projection=str(r.get("projection", "drc")),
             backend=str(r.get("backend", "auto")),
             kernel_variant=str(r.get("kernel_variant", "passes")),
+            drc_logsum=bool(r.get("drc_logsum", False)),
+            drc_logsum_clip_val=float(r.get("drc_logsum_clip_val", 1e-5)),
+            pc_rgb_clip_after_conv=r.get("pc_rgb_clip_after_conv", None),
+            normalize_colors=bool(r.get("pc_rgb_divide_by_occupancies", True)),
+            pc_rgb_divide_by_occupancies_epsilon=float(
+                r.get("pc_rgb_divide_by_occupancies_epsilon", 1e-4)
+            ),
+            pc_rgb_divide_by_raw_occupancies=bool(r.get("pc_rgb_divide_by_raw_occupancies", False)),
         )
 
 
@@ -155,6 +192,7 @@ class PointCloudRenderer(nn.Module):
             s.kernel_variant == "fused"
             and feat is None
             and s.projection == "drc"
+            and not s.drc_logsum  # no clip between the fused kernel's blur and projection
             and not (return_voxels or return_probs)
         ):
             # The training path: smoothing + projection without the occupancy volume.
@@ -175,17 +213,7 @@ class PointCloudRenderer(nn.Module):
             # clip -> blur -> scale -> clip as one fused op (kernels.blur_occupancy).
             occ = kernels.blur_occupancy(occ, sigma, s.kernel_size, scale, backend=s.backend)
         else:
-            occ = occ.clamp(0.0, 1.0)
-            occ = kernels.blur3d(occ, sigma, s.kernel_size, backend=s.backend)
-            if feat is not None:
-                feat = kernels.blur3d(feat, sigma, s.kernel_size, backend=s.backend)
-                if s.normalize_colors:
-                    # The smoothed occupancy before scaling is the smoothed weight sum
-                    # (clipped): dividing gives a weighted mean colour per cell.
-                    feat = feat / (occ + 1e-4)
-            if scale is not None:
-                occ = occ * scale.view(-1, 1, 1, 1, 1)
-            occ = occ.clamp(0.0, 1.0)
+            occ, feat = self._smooth_with_colors(occ, feat, sigma, scale)
 
         if s.projection == "max":
             sil = kernels.max_project(occ)
@@ -200,6 +228,7 @@ class PointCloudRenderer(nn.Module):
             return_depth=return_depth,
             return_probs=return_probs,
             backend=s.backend,
+            logsum_clip=s.drc_logsum_clip_val if s.drc_logsum else None,
         )
         pv = poison.view(-1, 1, 1)
         return RenderOutput(
@@ -209,3 +238,28 @@ class PointCloudRenderer(nn.Module):
             occ if return_voxels else None,
             proj.probs,
         )
+
+    def _smooth_with_colors(
+        self, raw: Tensor, feat: Tensor, sigma: float, scale: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Occupancy ``[B, 1, D, H, W]`` and colour volume ``[B, C, D, H, W]`` (splatted
+        sums) -> occupancy after clip/blur/scale/clip and the smoothed colours (the
+        original's ``pointcloud_project_fast`` colour path, with the fidelity switches)."""
+        s = self.settings
+        occ = kernels.blur3d(raw.clamp(0.0, 1.0), sigma, s.kernel_size, backend=s.backend)
+        if s.pc_rgb_clip_after_conv is False:  # the original: clip the sums before the blur
+            feat = feat.clamp(0.0, 1.0)
+        feat = kernels.blur3d(feat, sigma, s.kernel_size, backend=s.backend)
+        if s.normalize_colors:
+            # Dividing by the smoothed weight sum gives a weighted mean colour per cell.
+            # dpc: that sum clipped (the occupancy before scaling); the original: the
+            # unclipped sum, held constant.
+            div = occ
+            if s.pc_rgb_divide_by_raw_occupancies:
+                div = kernels.blur3d(raw.detach(), sigma, s.kernel_size, backend=s.backend)
+            feat = feat / (div + s.pc_rgb_divide_by_occupancies_epsilon)
+        if s.pc_rgb_clip_after_conv is True:
+            feat = feat.clamp(0.0, 1.0)
+        if scale is not None:
+            occ = occ * scale.view(-1, 1, 1, 1, 1)
+        return occ.clamp(0.0, 1.0), feat

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from dpc.data import batch_iterator, build_batch_sampler, open_training_data
+from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
 from dpc.training.optim import build_optimizer
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
         cfg = compose("train", overrides=a.overrides)
     with open_dict(cfg):
         cfg.paths.run_dir = "/tmp/unused"
+    normalize_loss_config(cfg.loss)  # as dpc.train: a deprecated numeric student key
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reader = open_training_data(cfg)
     opts = {

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpc.losses import normalize_loss_config
 from dpc.models import upgrade_legacy_checkpoint
 from dpc.training.optim import upgrade_optimizer_state
 
@@ -99,6 +100,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
 
     ckpt = load_checkpoint(find_checkpoint(run_dir), map_location="cpu")
     cfg = OmegaConf.create(ckpt["config"])
+    normalize_loss_config(cfg.loss)  # older runs: the deprecated student-weight key
     model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg

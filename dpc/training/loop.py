@@ -52,7 +52,7 @@ def wrap_model(model: torch.nn.Module, cfg, device, world: int, local_rank: int)
         unused = (
             cfg.model.predict_pose
             and cfg.model.pose_predictor_student
-            and not cfg.loss.pose_student_align_loss
+            and not cfg.loss.pose_predictor_student_loss_weight
         ) or (cfg.model.pc_rgb and not cfg.loss.color_weight)
         fwd = torch.nn.parallel.DistributedDataParallel(
             model,

@@ -14,11 +14,13 @@ from torch import Tensor, nn
 
 from dpc.camera import world_to_grid
 from dpc.losses import (
+    align_reference_points,
     depth_coverage,
     depth_surface_samples,
     hull_surface_loss,
     per_view_l2,
     silhouette_distance,
+    student_align_loss,
     student_loss,
     surface_depth_loss,
     surface_depth_residuals,
@@ -51,6 +53,39 @@ def dropout_indices(
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
     scores = torch.rand(global_batch, num_points, generator=g)[rank_slice]
     return scores.argsort(dim=1)[:, :n_keep].to(device)
+
+
+def dropout_indices_per_view(
+    step: int,
+    seed: int,
+    global_batch: int,
+    views: int,
+    rank_slice: slice,
+    num_points: int,
+    keep: float,
+    device,
+) -> Tensor | None:
+    """The original's point dropout (``render.pc_point_dropout_per_view: true``): indices
+    ``[b, views, n_keep]``, a different subset for every rendered image (each view and
+    pose candidate), ``n_keep = floor(keep * N)`` (the original's ``pc_point_dropout``
+    casts to int); None = keep all. Drawn for the global batch and sliced, as
+    :func:`dropout_indices`."""
+    # The tolerance keeps e.g. 0.29 * 100 = 28.999999999999996 from rounding down to 28.
+    n_keep = max(1, int(np.floor(keep * num_points + 1e-9)))
+    if n_keep >= num_points:
+        return None
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    scores = torch.rand(global_batch, views, num_points, generator=g)[rank_slice]
+    return scores.argsort(dim=-1)[..., :n_keep].to(device)
+
+
+def _gather_views(x: Tensor | None, idx: Tensor) -> Tensor | None:
+    """``x [b, N, C]`` at ``idx [b, V, n]`` -> ``[b * V, n, C]``."""
+    if x is None:
+        return None
+    b, V, n = idx.shape
+    flat = idx.reshape(b, V * n, 1).expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, flat).view(b * V, n, x.shape[-1])
 
 
 def compute_step(
@@ -90,30 +125,41 @@ def compute_step(
         colors = colors.float()
     M = quats.shape[2]
 
-    idx = dropout_indices(
-        step,
-        cfg.seed,
-        int(cfg.trainer.batch_size),
-        rank_slice,
-        points.shape[1],
-        keep,
-        points.device,
-    )
-    pts, cols = points, colors
-    if idx is not None:
-        pts = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
-        if colors is not None:
-            cols = torch.gather(colors, 1, idx[..., None].expand(-1, -1, 3))
-    n = pts.shape[1]
     R = b * K * M
+    use_colors = colors is not None and lc.color_weight != 0
+    if cfg.render.get("pc_point_dropout_per_view", False):
+        vidx = dropout_indices_per_view(
+            step, cfg.seed, int(cfg.trainer.batch_size), K * M, rank_slice,
+            points.shape[1], keep, points.device,
+        )  # fmt: skip
+        if vidx is None:
+            vidx = torch.arange(points.shape[1], device=points.device).expand(b, K * M, -1)
+        pts_r = _gather_views(points, vidx)  # [R, n, 3]
+        cols_r = _gather_views(colors, vidx) if use_colors else None
+    else:
+        idx = dropout_indices(
+            step,
+            cfg.seed,
+            int(cfg.trainer.batch_size),
+            rank_slice,
+            points.shape[1],
+            keep,
+            points.device,
+        )
+        pts, cols = points, colors
+        if idx is not None:
+            pts = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+            if colors is not None:
+                cols = torch.gather(colors, 1, idx[..., None].expand(-1, -1, 3))
+        n = pts.shape[1]
+        pts_r = pts[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3)
+        cols_r = cols[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3) if use_colors else None
     rend = renderer(
-        pts[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
+        pts_r,
         quats.reshape(R, 4),
         sigma=sigma,
         scale=scale[:, None, None].expand(b, K, M).reshape(R),
-        colors=None
-        if cols is None or lc.color_weight == 0
-        else cols[:, None, None].expand(b, K, M, n, 3).reshape(R, n, 3),
+        colors=cols_r,
         return_depth=lc.depth_weight > 0,
     )
     G = rend.silhouette.shape[-1]
@@ -201,11 +247,17 @@ def compute_step(
     proj = per_view_l2(sil, masks[:, :, None])
     terms = {k: sel(v) for k, v in terms.items()}
     terms["projection_loss"] = sel(proj)
-    if predict_pose and out.pose_student is not None and lc.pose_student_align_loss > 0:
+    student_weight = float(lc.pose_predictor_student_loss_weight)
+    if predict_pose and out.pose_student is not None and student_weight > 0:
         teacher = quats.gather(2, wta.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
-        st = student_loss(out.pose_student.float().view(b, K, 4), teacher)
+        student = out.pose_student.float().view(b, K, 4)
+        if lc.get("pose_student_align_loss", False) is True:  # the original's align form
+            ref = align_reference_points(device=student.device)
+            st = student_align_loss(student, teacher, ref)
+        else:
+            st = student_loss(student, teacher)
         terms["student_loss"] = st
-        loss = loss + lc.pose_student_align_loss * st
+        loss = loss + student_weight * st
     # Weight decay is not in this loss: the optimiser adds its gradient (parameter groups,
     # dpc.training.optim), the loop logs its value at log steps.
     terms["data_loss"] = loss

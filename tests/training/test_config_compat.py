@@ -13,7 +13,9 @@ RESOLVED = Path(__file__).with_name("data") / "resolved"
 # keys removed since the fixtures were written (test aids out of the product config:
 # tests patch dpc.training.step.compute_step instead)
 REMOVED = {"trainer.debug_nan_steps", "trainer.debug_step_sleep"}
-RENAMED: dict[str, str] = {}  # old dotted key -> new dotted key (none so far)
+# old dotted key -> new dotted key (the student weight got the original's name; a number
+# under the old key still works, dpc.losses.normalize_loss_config)
+RENAMED = {"loss.pose_student_align_loss": "loss.pose_predictor_student_loss_weight"}
 # keys added since, with the value every experiment gets (the previous behaviour)
 ADDED = {
     "render.kernel_variant": "passes",
@@ -21,6 +23,17 @@ ADDED = {
     "loss.depth_coverage_weight": 0.0,
     "loss.depth_coverage_samples": 256,
     "loss.hull_surface_weight": 0.0,
+    "loss.pose_student_align_loss": False,
+    # fidelity switches (docs/training.md): dpc's behaviour by default, the original's
+    # with `fidelity=original`
+    "render.drc_logsum": False,
+    "render.drc_logsum_clip_val": 1e-5,
+    "render.pc_rgb_clip_after_conv": None,
+    "render.pc_rgb_divide_by_occupancies": True,
+    "render.pc_rgb_divide_by_occupancies_epsilon": 1e-4,
+    "render.pc_rgb_divide_by_raw_occupancies": False,
+    "render.pc_point_dropout_per_view": False,
+    "model.pose_code_activation": "leaky_relu",
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -36,7 +36,8 @@ def test_experiment_composes(name, tmp_path):
         assert not cfg.model.predict_pose
     elif name in ("car", "chair", "airplane", "car_quick", "airplane_quick"):
         assert cfg.model.predict_pose and cfg.model.pose_predict_num_candidates == 4
-        assert cfg.model.pose_predictor_student and cfg.loss.pose_student_align_loss == 20
+        assert cfg.model.pose_predictor_student
+        assert cfg.loss.pose_predictor_student_loss_weight == 20
 
 
 @pytest.mark.parametrize("name", ["car", "chair", "airplane"])
