@@ -46,7 +46,8 @@ def row(folder: Path) -> str:
 
 def mean_shape(folder: Path) -> str:
     b = json.loads((folder / "metrics_test.json").read_text())["baselines"]["mean_shape"]
-    return f"mean shape: precision {b['precision']:.2f}, coverage {b['coverage']:.2f}, Chamfer {b['chamfer']:.2f}"
+    p, c, ch = b["precision"], b["coverage"], b["chamfer"]
+    return f"mean shape: precision {p:.2f}, coverage {c:.2f}, Chamfer {ch:.2f}"
 
 
 if __name__ == "__main__":
