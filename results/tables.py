@@ -1,6 +1,9 @@
 """Markdown table rows for RESULTS.md, read from the evaluation's own files in results/.
 
-    python results/tables.py results/r2_car_camsup_paper_s0 results/r2_car_camsup_best_s0 ...
+    python results/tables.py results/r2_car_camsup_paper_s0 \
+        "results/r2_car_camsup_best_s0::recommended" ...
+
+An optional ``::label`` after a folder names the row (default: the run's experiment name).
 
 Per run folder (made from a run directory: ``eval/test/metrics_test.json`` and the run's
 ``config.yaml`` / ``summary.json``): experiment name, seed, steps, training wall time,
@@ -16,14 +19,16 @@ from pathlib import Path
 import yaml
 
 
-def row(folder: Path) -> str:
+def row(arg: str) -> str:
+    path, _, label = arg.partition("::")
+    folder = Path(path)
     m = json.loads((folder / "metrics_test.json").read_text())
     s = json.loads((folder / "summary.json").read_text())
     c = yaml.safe_load((folder / "config.yaml").read_text())
     wall = s.get("wall_time_s")
     cells = [
-        f"`{folder.name}`",
-        str(c.get("name")),
+        label or str(c.get("name")),
+        f"[`{folder.name}`]({folder.as_posix()})",
         str(c.get("seed")),
         str(s.get("step")),
         "—" if wall is None else f"{wall / 60:.1f} min",
@@ -51,12 +56,12 @@ def mean_shape(folder: Path) -> str:
 
 
 if __name__ == "__main__":
-    folders = [Path(a) for a in sys.argv[1:]]
-    print("| files | experiment | seed | steps | wall | precision | coverage | Chamfer "
+    folders = sys.argv[1:]
+    print("| run | files | seed | steps | wall | precision | coverage | Chamfer "
           "| pose acc@30 / median, paper alignment | same, flip-robust | acc up to flip |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for f in folders:
         print(row(f))
     if folders:
         print()
-        print(mean_shape(folders[0]))
+        print(mean_shape(Path(folders[0].partition("::")[0])))
