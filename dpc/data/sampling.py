@@ -57,6 +57,12 @@ def build_batch_sampler(
         and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
         with_inner_distance=with_targets
         and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
+        with_full_res=with_targets
+        and bool(cfg.loss.get("surface_full_res", False))
+        and (
+            float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
+            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
+        ),
     )
 
 
@@ -88,13 +94,17 @@ class BatchSampler:
         with_depth: bool = False,
         with_mask_distance: bool = False,
         with_inner_distance: bool = False,
+        with_full_res: bool = False,
     ):
         self.with_mask_distance = with_mask_distance
         self.with_inner_distance = with_inner_distance
+        self.with_full_res = with_full_res
         self.images = reader.images(split)
         self.masks = reader.masks(split)
         self.quats = reader.quats(split)
         self.depths = reader.depths(split) if with_depth else None
+        if with_full_res and not with_depth:
+            raise ValueError("loss.surface_full_res needs the depth maps (with_depth=True)")
         if with_depth and self.depths is None:
             raise ValueError(
                 "loss.depth_weight, loss.surface_depth_weight or loss.depth_coverage_weight "
@@ -145,7 +155,8 @@ class BatchSampler:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
         ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
         and ``mask_inner_distance [b, K, G, G]`` (if asked; see
-        :func:`dpc.camera.mask_distance_maps`), ``object_index [b]``,
+        :func:`dpc.camera.mask_distance_maps`), ``depth_full`` / ``mask_full``
+        ``[b, K, S, S]`` at the data set's resolution (if asked), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
@@ -174,6 +185,9 @@ class BatchSampler:
         if self.depths is not None:
             dep = torch.from_numpy(np.ascontiguousarray(self.depths[o, views])).float()
             out["depth"] = resize_masks(dep.flatten(0, 1), self.mask_size).view_as(mask)
+            if self.with_full_res:  # the data set's own resolution, for the surface terms
+                out["depth_full"] = dep.contiguous()
+                out["mask_full"] = full_mask.view(b, self.K, *full_mask.shape[1:]).contiguous()
         if self.with_mask_distance:
             out["mask_distance"] = mask_distance_maps(
                 full_mask.view(b, self.K, *full_mask.shape[1:]), self.mask_size

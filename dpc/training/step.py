@@ -202,12 +202,19 @@ def compute_step(
         terms["silhouette_distance"] = sd
         per_cand = per_cand + sd_weight * sd
 
+    # depth and silhouette maps of the surface terms: the renderer's grid, or the data
+    # set's own resolution with loss.surface_full_res (finer nearest-pixel lookups)
+    if "depth_full" in batch:
+        s_depth, s_mask = batch["depth_full"], batch["mask_full"]
+    else:
+        s_depth, s_mask = batch.get("depth"), masks
     if surf_weight > 0:
         # per cloud and candidate: the min over the object's K views
+        H = s_depth.shape[-1]
         r, ok = surface_depth_residuals(
             grid.view(b, K, M, -1, 3),
-            batch["depth"][:, :, None].expand(b, K, M, G, G),
-            masks[:, :, None].expand(b, K, M, G, G),
+            s_depth[:, :, None].expand(b, K, M, H, H),
+            s_mask[:, :, None].expand(b, K, M, H, H),
             rs.camera_distance,
         )
         surf = surface_depth_loss(r.transpose(1, 2), ok.transpose(1, 2), G - 1)  # [b, M]
@@ -219,8 +226,8 @@ def compute_step(
         # per view and candidate: the same sampled surface pixels for every candidate
         g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(step) + 7)
         q, ok = depth_surface_samples(
-            batch["depth"].flatten(0, 1),
-            masks.flatten(0, 1),
+            s_depth.flatten(0, 1),
+            s_mask.flatten(0, 1),
             rs.camera_distance,
             int(lc.get("depth_coverage_samples", 256)),
             g,

@@ -23,6 +23,7 @@ ADDED = {
     "loss.depth_coverage_weight": 0.0,
     "loss.depth_coverage_samples": 256,
     "loss.hull_surface_weight": 0.0,
+    "loss.surface_full_res": False,
     "loss.pose_student_align_loss": False,
     # fidelity switches (docs/training.md): dpc's behaviour by default, the original's
     # with `fidelity=original`

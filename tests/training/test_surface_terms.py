@@ -117,21 +117,34 @@ def test_hull_surface_gradcheck():
     assert torch.autograd.gradcheck(lambda p: hull_surface_loss(p, inner), (pts,))
 
 
-def test_two_step_run_with_both_terms(tmp_path):
-    """Both terms train on a tiny built car set (camera-supervised) and are logged."""
+@pytest.mark.parametrize("full_res", [False, True])
+def test_two_step_run_with_both_terms(tmp_path, full_res):
+    """Both terms train on a tiny built car set (camera-supervised) and are logged; with
+    loss.surface_full_res the batch carries the depth maps at the data set's resolution."""
     import json
 
     from train_testutils import TINY, compose_cfg
 
+    from dpc.data import build_batch_sampler, open_training_data
     from dpc.train import train
 
     run = tmp_path / "run"
     tiny = [o for o in TINY if not o.startswith("data")]
     over = ["+experiment=car_quick_camera_supervision_surface", "data=car_quick"]
     over += ["loss.depth_coverage_weight=10", "loss.hull_surface_weight=1"]
+    over += [f"loss.surface_full_res={str(full_res).lower()}"]
     over += tiny + [f"paths.data_root={tmp_path / 'data'}", "trainer.max_steps=2"]
     cfg = compose_cfg(over, run)
     train(cfg)
+    reader = open_training_data(cfg)
+    batch = build_batch_sampler(cfg, reader)(0)
+    G = int(cfg.render.vox_size)
+    assert batch["depth"].shape[-1] == G
+    if full_res:
+        S = reader.masks("train").shape[-1]
+        assert S != G and batch["depth_full"].shape[-1] == S == batch["mask_full"].shape[-1]
+    else:
+        assert "depth_full" not in batch
     recs = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "loss" in r]
     assert len(recs) == 2
