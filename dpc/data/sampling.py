@@ -55,8 +55,7 @@ def build_batch_sampler(
         ),
         with_mask_distance=with_targets
         and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
-        with_inner_distance=with_targets
-        and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
+        with_inner_distance=with_targets and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
         with_full_res=with_targets
         and bool(cfg.loss.get("surface_full_res", False))
         and (
