@@ -49,7 +49,11 @@ def test_cpu_time_notice_names_the_cpu_sized_experiment():
     assert "+experiment=airplane_quick" in cpu_time_notice(
         compose_cfg(["+experiment=airplane"]), 1, 10**5
     )
-    assert "+experiment=car_quick" in cpu_time_notice(compose_cfg(["+experiment=chair"]), 1, 10**5)
+    chair = compose_cfg(["+experiment=chair"])
+    assert "+experiment=chair_quick" in cpu_time_notice(chair, 1, 10**5)
+    # a category without a CPU-sized experiment falls back to the car one
+    chair.name = "sofa"
+    assert "+experiment=car_quick" in cpu_time_notice(chair, 1, 10**5)
     assert cpu_time_notice(car, 0.2, 2500) == ""  # 8 minutes: nothing to say
 
 
