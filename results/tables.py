@@ -49,10 +49,17 @@ def row(arg: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def mean_shape(folder: Path) -> str:
-    b = json.loads((folder / "metrics_test.json").read_text())["baselines"]["mean_shape"]
+def baseline_lines(folder: Path) -> list[str]:
+    """The evaluation's trivial answers for the run's test split: the category-mean
+    shape, and for pose-predicting runs the mean training view."""
+    bs = json.loads((folder / "metrics_test.json").read_text())["baselines"]
+    b = bs["mean_shape"]
     p, c, ch = b["precision"], b["coverage"], b["chamfer"]
-    return f"mean shape: precision {p:.2f}, coverage {c:.2f}, Chamfer {ch:.2f}"
+    out = [f"mean shape: precision {p:.2f}, coverage {c:.2f}, Chamfer {ch:.2f}"]
+    if "mean_view" in bs:
+        v = bs["mean_view"]
+        out.append(f"mean view: accuracy {v['accuracy']:.3f}, median {v['median_deg']:.1f} deg")
+    return out
 
 
 if __name__ == "__main__":
@@ -64,4 +71,5 @@ if __name__ == "__main__":
         print(row(f))
     if folders:
         print()
-        print(mean_shape(Path(folders[0].partition("::")[0])))
+        for f in folders:
+            print(f.partition("::")[0], "--", "; ".join(baseline_lines(Path(f.partition("::")[0]))))
