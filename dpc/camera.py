@@ -152,6 +152,27 @@ def quat_angle(q1: Tensor, q2: Tensor) -> Tensor:
     return 2.0 * torch.acos(w.clamp(max=1.0))
 
 
+# The 180-degree rotation about the camera frame's image-up axis (axis 1, see the module
+# docstring), through the origin: the object stays centred on the optical axis.
+IMAGE_UP_FLIP = (0.0, 0.0, 1.0, 0.0)
+
+
+def flip_about_image_up(q: Tensor) -> Tensor:
+    """``F q`` for camera quaternions ``q [..., 4]`` (any norm; the norm is kept), with
+    ``F`` the 180-degree rotation about the camera frame's image-up axis: the camera moves
+    to the antipodal point of its sphere (same distance, the object stays centred) and
+    keeps its image-up direction. At zero elevation this is the view from azimuth + 180
+    degrees (:func:`view_quat`), i.e. the object turned front to back about its vertical;
+    it is its own inverse up to sign (``F F = -1``)."""
+    return quat_mul(q.new_tensor(IMAGE_UP_FLIP), q)
+
+
+def with_flipped_candidates(q: Tensor) -> Tensor:
+    """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``
+    (:func:`flip_about_image_up`), the candidate set of ``model.pose_flip_candidates``."""
+    return torch.cat((q, flip_about_image_up(q)), dim=-2)
+
+
 def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:
     """``n`` uniformly distributed random unit quaternions ``[n, 4]`` (w >= 0)."""
     q = quat_normalize(torch.randn(n, 4, generator=generator, dtype=dtype))

@@ -30,6 +30,7 @@ from dpc.training.loop import (
     StepMeter,
     StopSignals,
     check_loss_config,
+    check_model_config,
     log_media,
     log_step,
     next_steps_message,
@@ -39,9 +40,9 @@ from dpc.training.loop import (
     wrap_model,
 )
 from dpc.training.optim import build_optimizer
-from dpc.training.step import compute_step
+from dpc.training.step import compute_step, num_candidates
 
-__all__ = ["NonFiniteLossError", "check_loss_config", "main", "train"]
+__all__ = ["NonFiniteLossError", "check_loss_config", "check_model_config", "main", "train"]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -52,6 +53,7 @@ def train(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     normalize_loss_config(cfg.loss)  # deprecated keys -> current ones (saved that way)
     check_loss_config(cfg.loss)
+    check_model_config(cfg.model)
     tr = cfg.trainer
     rank, world, local_rank = setup_distributed(str(cfg.device))
     is_main = rank == 0
@@ -89,7 +91,7 @@ def train(cfg: DictConfig) -> dict:
             save_checkpoint(ckpt_path, model, optimizer, step_next, cfg, **extra)
 
     batches = batch_iterator(sampler, start_step, max_steps, int(cfg.data.num_workers))
-    M = int(cfg.model.pose_predict_num_candidates) if cfg.model.predict_pose else 1
+    M = num_candidates(cfg)  # the range of the winner index (2M with flipped candidates)
     summary: dict = {"start_step": start_step}
     step = final = start_step
     n_bad, stop_now = 0, False

@@ -4,7 +4,8 @@ Each view's image is fed on its own (single-view reconstruction), as the paper
 evaluates: ``points [n_obj, V, N, 3]`` in the model's frame, and for runs that predict
 poses, ``quat [n_obj, V, 4]`` (the student head, or the only candidate; with several
 candidates and no student, the candidate whose silhouette best matches the input view's
-mask) and all ``candidates [n_obj, V, M, 4]``.
+mask) and all ``candidates [n_obj, V, M, 4]`` (with ``flip_candidates``, the 2M of
+:func:`dpc.camera.with_flipped_candidates`, as training chose among).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpc.camera import with_flipped_candidates
 from dpc.data import prepare_images, prepare_masks
 
 
@@ -26,7 +28,7 @@ class Predictions:
     points: np.ndarray  # [n_obj, V, N, 3] model frame
     scale: np.ndarray  # [n_obj, V]
     quat: np.ndarray | None  # [n_obj, V, 4] chosen pose (None for camera-supervised runs)
-    candidates: np.ndarray | None  # [n_obj, V, M, 4]
+    candidates: np.ndarray | None  # [n_obj, V, M, 4] (2M with flip_candidates)
     object_ids: list[str]
     split: str
 
@@ -89,10 +91,10 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     return path
 
 
-def _best_candidate(model_out, masks_u8, renderer, sigma) -> torch.Tensor:
-    """Per view, the candidate pose whose rendered silhouette is closest (L2) to the input
-    view's own mask. Returns ``[B, 4]``."""
-    pts, cands = model_out.points, model_out.pose_candidates  # [B, N, 3], [B, M, 4]
+def _best_candidate(model_out, cands, masks_u8, renderer, sigma) -> torch.Tensor:
+    """Per view, the candidate pose of ``cands [B, M, 4]`` whose rendered silhouette is
+    closest (L2) to the input view's own mask. Returns ``[B, 4]``."""
+    pts = model_out.points  # [B, N, 3]
     B, M = cands.shape[:2]
     G = renderer.settings.vox_size
     sil = renderer(
@@ -119,6 +121,7 @@ def predict_split(
     renderer=None,
     sigma: float = 1.0,
     progress: bool = True,
+    flip_candidates: bool = False,
 ) -> Predictions:
     """Predict a cloud (and pose) from every view of the split's objects.
 
@@ -129,6 +132,8 @@ def predict_split(
         batch_size: images per forward pass.
         max_objects / objects: the first ``max_objects`` objects, or these indices.
         renderer, sigma: used only to pick among several candidates without a student.
+        flip_candidates: the run's ``model.pose_flip_candidates``: each candidate also
+            flipped (2M candidates to pick among).
     """
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
@@ -162,11 +167,14 @@ def predict_split(
         pts.append(out.points.float().cpu())
         scale.append(out.scale.float().cpu())
         if out.pose_candidates is not None:
-            cands.append(out.pose_candidates.float().cpu())
+            cand = out.pose_candidates
+            if flip_candidates:
+                cand = with_flipped_candidates(cand)
+            cands.append(cand.float().cpu())
             if out.pose_student is not None:
                 q = out.pose_student
-            elif out.pose_candidates.shape[1] == 1:
-                q = out.pose_candidates[:, 0]
+            elif cand.shape[1] == 1:
+                q = cand[:, 0]
             else:
                 if renderer is None:
                     raise ValueError("several pose candidates and no student: pass a renderer")
@@ -177,7 +185,7 @@ def predict_split(
                         stacklevel=2,
                     )
                     warned = True
-                q = _best_candidate(out, masks[o, v], renderer, sigma)
+                q = _best_candidate(out, cand, masks[o, v], renderer, sigma)
             quat.append(q.float().cpu())
     if was_training:
         model.train()

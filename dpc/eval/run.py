@@ -152,7 +152,8 @@ class Prediction:
     quat: torch.Tensor | None  # [B, 4] camera pose (None: the run does not predict poses)
     colors: torch.Tensor | None  # [B, N, 3] in [0, 1] if the model predicts colours
     scale: torch.Tensor  # [B] occupancy scale
-    candidates: torch.Tensor | None  # [B, M, 4] all pose candidates (same frame as quat)
+    candidates: torch.Tensor | None  # [B, M, 4] all pose candidates (same frame as quat;
+    # 2M with model.pose_flip_candidates: each also flipped)
     images: torch.Tensor  # [B, 3, S, S] the network inputs
     silhouette: torch.Tensor | None  # [B, G, G] predicted silhouette under quat
     points_model: torch.Tensor  # [B, N, 3] in the network's own frame
@@ -245,12 +246,20 @@ class LoadedRun:
     @torch.no_grad()
     def predict_full(self, images) -> Prediction:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
-        from dpc.camera import quat_conj, quat_mul, quat_rotate, resize_masks
+        from dpc.camera import (
+            quat_conj,
+            quat_mul,
+            quat_rotate,
+            resize_masks,
+            with_flipped_candidates,
+        )
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
         B = x.shape[0]
         q_model, cands = None, out.pose_candidates
+        if cands is not None and self.cfg.model.get("pose_flip_candidates", False):
+            cands = with_flipped_candidates(cands)  # [B, 2M, 4], as training chose among
         if cands is not None:
             if out.pose_student is not None:
                 q_model = out.pose_student

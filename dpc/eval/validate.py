@@ -7,7 +7,8 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
   ``val.views`` fixed views per object, at a fixed sigma (``val.sigma``, default the final
   training sigma) and without point dropout, so values compare across steps and runs.
   Camera supervision renders with the ground-truth poses; pose-predicting runs take, per
-  view, the best of the predicted candidates (the training objective).
+  view, the best of the predicted candidates (the training objective; with
+  ``model.pose_flip_candidates`` their flips included).
 * unless ``val.eval_metrics=false``, the evaluation metrics from a cloud (and pose)
   predicted from every view (docs/CONTRACTS.md, "Evaluation"): ``precision``,
   ``coverage``, ``chamfer`` (x100, SPEC section 6), ``num_views`` (``nan_views`` when some
@@ -35,7 +36,7 @@ import warnings
 import numpy as np
 import torch
 
-from dpc.camera import quat_angle
+from dpc.camera import quat_angle, with_flipped_candidates
 from dpc.data import build_batch_sampler
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
@@ -93,6 +94,7 @@ def validate(
                 renderer=renderer,
                 sigma=sigma,
                 progress=False,
+                flip_candidates=bool(cfg.model.get("pose_flip_candidates", False)),
             )
             res.update(_metrics(preds, reader, split, alignment, num_clouds))
     finally:
@@ -113,6 +115,8 @@ def _projection_loss(model, sampler, n: int, renderer, sigma: float, cfg, device
         if cfg.model.predict_pose:
             out = model(images, shape_index=torch.zeros(1, dtype=torch.long, device=device))
             q = out.pose_candidates  # [K, M, 4]
+            if cfg.model.get("pose_flip_candidates", False):
+                q = with_flipped_candidates(q)  # [K, 2M, 4], as training chooses among
         else:
             out = model(images[:1])
             q = b["quat"].to(device)[:, None]

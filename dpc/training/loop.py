@@ -34,6 +34,15 @@ def check_loss_config(loss) -> None:
             raise ValueError(f"loss.{key} must be >= 0, got {value}")
 
 
+def check_model_config(model) -> None:
+    """Clear errors for model settings that do not fit together."""
+    if model.get("pose_flip_candidates", False) and not model.predict_pose:
+        raise ValueError(
+            "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
+            "predicted pose candidates; camera supervision has none)"
+        )
+
+
 def open_data(cfg, is_main: bool, world: int):
     """The training dataset reader; under DDP rank 0 builds a missing dataset first and
     the other ranks wait for it."""

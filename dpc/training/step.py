@@ -1,7 +1,7 @@
 """One training step's forward pass and losses (SPEC sections 3-5).
 
-Dimension letters: b objects on this rank, K views per object, M pose candidates,
-N points, G renderer grid.
+Dimension letters: b objects on this rank, K views per object, M pose candidates (the
+heads' M, twice that with ``model.pose_flip_candidates``), N points, G renderer grid.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dpc.camera import world_to_grid
+from dpc.camera import with_flipped_candidates, world_to_grid
 from dpc.losses import (
     align_reference_points,
     depth_coverage,
@@ -32,7 +32,7 @@ from dpc.render import PointCloudRenderer
 class StepOutput(NamedTuple):
     loss: Tensor  # scalar total (what is back-propagated)
     terms: dict[str, Tensor]  # scalar loss terms, for logging
-    winner: Tensor | None  # [b, K] winning candidate per view
+    winner: Tensor | None  # [b, K] winning candidate per view, in [0, M)
     silhouette: Tensor  # [b, K, M, G, G] (detached)
     points: Tensor  # [b, N, 3] (detached)
     colors: Tensor | None  # [b, N, 3] (detached)
@@ -88,6 +88,16 @@ def _gather_views(x: Tensor | None, idx: Tensor) -> Tensor | None:
     return torch.gather(x, 1, flat).view(b * V, n, x.shape[-1])
 
 
+def num_candidates(cfg) -> int:
+    """How many candidate poses winner-takes-all chooses among (the range of
+    :attr:`StepOutput.winner`): 1 under camera supervision, else the pose heads' M, times 2
+    with ``model.pose_flip_candidates``."""
+    if not cfg.model.predict_pose:
+        return 1
+    M = int(cfg.model.pose_predict_num_candidates)
+    return 2 * M if cfg.model.get("pose_flip_candidates", False) else M
+
+
 def compute_step(
     model: nn.Module,  # DPCModel, or its DDP / compiled wrapper
     renderer: PointCloudRenderer,
@@ -106,6 +116,9 @@ def compute_step(
     with each of the M candidate poses; winner-takes-all picks, per view, the candidate
     with the lowest loss; the student is pulled to the winner. Camera supervision: only the
     first view is encoded and the shape is rendered with the K ground-truth poses.
+    With ``model.pose_flip_candidates`` every candidate also comes flipped
+    (:func:`dpc.camera.with_flipped_candidates`): 2M candidates, and the student learns
+    whichever wins.
     """
     images, masks = batch["image"], batch["mask"]  # [b, K, 3, S, S], [b, K, G, G]
     b, K = masks.shape[:2]
@@ -121,6 +134,13 @@ def compute_step(
             quats = batch["quat"][:, :, None]  # [b, K, 1, 4]
     points, scale, colors = out.points.float(), out.scale.float(), out.colors
     quats = quats.float()
+    if predict_pose and cfg.model.get("pose_flip_candidates", False):
+        # [q_1..q_M, F q_1..F q_M], F the 180-degree turn about the camera's image-up axis.
+        # At zero elevation F q is exactly the object's front/back flip (q composed with
+        # a half turn about the object's vertical); at elevation e the two differ by 2|e|,
+        # close enough to land a candidate in the flipped basin. It needs no knowledge of
+        # the model's own frame (arbitrary in the unsupervised setting), only the camera's.
+        quats = with_flipped_candidates(quats)  # [b, K, 2M, 4]
     if colors is not None:
         colors = colors.float()
     M = quats.shape[2]

@@ -35,6 +35,7 @@ ADDED = {
     "render.pc_rgb_divide_by_raw_occupancies": False,
     "render.pc_point_dropout_per_view": False,
     "model.pose_code_activation": "leaky_relu",
+    "model.pose_flip_candidates": False,
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
