@@ -1,9 +1,10 @@
 """Markdown table rows for RESULTS.md, read from the evaluation's own files in results/.
 
-    python results/tables.py results/r2_car_camsup_paper_s0 \
+    python results/tables.py [--shape-only] results/r2_car_camsup_paper_s0 \
         "results/r2_car_camsup_best_s0::recommended" ...
 
 An optional ``::label`` after a folder names the row (default: the run's experiment name).
+``--shape-only`` leaves out the pose columns (camera-supervised tables).
 
 Per run folder (made from a run directory: ``eval/test/metrics_test.json`` and the run's
 ``config.yaml`` / ``summary.json``): experiment name, seed, steps, training wall time,
@@ -63,12 +64,17 @@ def baseline_lines(folder: Path) -> list[str]:
 
 
 if __name__ == "__main__":
-    folders = sys.argv[1:]
-    print("| run | files | seed | steps | wall | precision | coverage | Chamfer "
-          "| pose acc@30 / median, paper alignment | same, flip-robust | acc up to flip |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    # --shape-only: no pose columns (camera-supervised tables)
+    shape_only = "--shape-only" in sys.argv
+    folders = [a for a in sys.argv[1:] if a != "--shape-only"]
+    head = "| run | files | seed | steps | wall | precision | coverage | Chamfer |"
+    if not shape_only:
+        head += " pose acc@30 / median, paper alignment | same, flip-robust | acc up to flip |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for f in folders:
-        print(row(f))
+        r = row(f)
+        print(r.rsplit(" | ", 3)[0] + " |" if shape_only else r)
     if folders:
         print()
         for f in folders:
