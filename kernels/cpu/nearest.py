@@ -1,6 +1,8 @@
 """Fast CPU nearest neighbour: for each query point, the index of the closest point of its
 batch's cloud (what ``torch.cdist(q, p).argmin(-1)`` gives, without the ``[B, S, N]``
-distance matrix: one fused pass, ~10x faster on a CPU at training sizes).
+distance matrix: one fused pass; measured 1.9x faster than cdist + argmin at a training
+size, 40 x 256 queries against 40 x 2000 points, 1 thread, median of 7, 76 vs 148 ms,
+on the 2-core machine shared with a training run).
 
 Used by :func:`dpc.losses.depth_coverage` on CPU tensors; no gradient (the caller gathers
 the chosen points and differentiates through them).
