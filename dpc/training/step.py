@@ -27,6 +27,7 @@ from dpc.losses import (
     winner_takes_all,
 )
 from dpc.render import PointCloudRenderer
+from dpc.training.selection import spread_bias, student_bias
 
 
 class StepOutput(NamedTuple):
@@ -267,13 +268,26 @@ def compute_step(
         terms["hull_surface"] = hull
         per_cand = per_cand + hull_weight * hull
 
-    wta = winner_takes_all(per_cand)
+    bias, spread = None, None
+    if predict_pose:
+        # the spread is logged in every unsupervised run (it shows the one-sided collapse)
+        sb, spread = spread_bias(quats, per_cand.detach(), float(lc.get("pose_spread_margin", 0.3)))
+        spread_w = float(lc.get("pose_spread_weight", 0.0))
+        if spread_w > 0:
+            bias = spread_w * sb
+        student_w = float(lc.get("pose_student_select_weight", 0.0))
+        if student_w > 0 and out.pose_student is not None:
+            stb = student_w * student_bias(quats, out.pose_student.view(b, K, 4))
+            bias = stb if bias is None else bias + stb
+    wta = winner_takes_all(per_cand, selection_bias=bias)
     winner = wta.winner if predict_pose else None
     loss = wta.loss
     sel = lambda t: t.gather(-1, wta.winner[..., None])[..., 0].mean()
     proj = per_view_l2(sil, masks[:, :, None])
     terms = {k: sel(v) for k, v in terms.items()}
     terms["projection_loss"] = sel(proj)
+    if spread is not None:
+        terms["pose_spread"] = spread  # |mean camera direction| of the unbiased winners
     student_weight = float(lc.pose_predictor_student_loss_weight)
     if predict_pose and out.pose_student is not None and student_weight > 0:
         teacher = quats.gather(2, wta.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
