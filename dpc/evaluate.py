@@ -47,7 +47,6 @@ def _predict(model, cfg, reader, split: str, device, opts, max_objects):
         renderer=build_renderer(cfg),
         sigma=final_sigma(cfg),
         progress=opts.progress,
-        flip_candidates=bool(cfg.model.get("pose_flip_candidates", False)),
     )
 
 

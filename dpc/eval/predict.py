@@ -4,8 +4,9 @@ Each view's image is fed on its own (single-view reconstruction), as the paper
 evaluates: ``points [n_obj, V, N, 3]`` in the model's frame, and for runs that predict
 poses, ``quat [n_obj, V, 4]`` (the student head, or the only candidate; with several
 candidates and no student, the candidate whose silhouette best matches the input view's
-mask) and all ``candidates [n_obj, V, M, 4]`` (with ``flip_candidates``, the 2M of
-:func:`dpc.camera.with_flipped_candidates`, as training chose among).
+mask) and all ``candidates [n_obj, V, M, 4]`` (the model's candidates, as training chose
+among: with ``model.pose_flip_candidates`` the 2M of
+:func:`dpc.camera.with_flipped_candidates`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpc.camera import with_flipped_candidates
 from dpc.data import prepare_images, prepare_masks
 
 
@@ -121,7 +121,6 @@ def predict_split(
     renderer=None,
     sigma: float = 1.0,
     progress: bool = True,
-    flip_candidates: bool = False,
 ) -> Predictions:
     """Predict a cloud (and pose) from every view of the split's objects.
 
@@ -132,8 +131,6 @@ def predict_split(
         batch_size: images per forward pass.
         max_objects / objects: the first ``max_objects`` objects, or these indices.
         renderer, sigma: used only to pick among several candidates without a student.
-        flip_candidates: the run's ``model.pose_flip_candidates``: each candidate also
-            flipped (2M candidates to pick among).
     """
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
@@ -167,9 +164,7 @@ def predict_split(
         pts.append(out.points.float().cpu())
         scale.append(out.scale.float().cpu())
         if out.pose_candidates is not None:
-            cand = out.pose_candidates
-            if flip_candidates:
-                cand = with_flipped_candidates(cand)
+            cand = out.pose_candidates  # flips included (model.pose_flip_candidates)
             cands.append(cand.float().cpu())
             if out.pose_student is not None:
                 q = out.pose_student

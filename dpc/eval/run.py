@@ -251,15 +251,12 @@ class LoadedRun:
             quat_mul,
             quat_rotate,
             resize_masks,
-            with_flipped_candidates,
         )
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
         B = x.shape[0]
-        q_model, cands = None, out.pose_candidates
-        if cands is not None and self.cfg.model.get("pose_flip_candidates", False):
-            cands = with_flipped_candidates(cands)  # [B, 2M, 4], as training chose among
+        q_model, cands = None, out.pose_candidates  # [B, M, 4] as training chose among
         if cands is not None:
             if out.pose_student is not None:
                 q_model = out.pose_student

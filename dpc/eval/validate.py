@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 import torch
 
-from dpc.camera import quat_angle, with_flipped_candidates
+from dpc.camera import quat_angle
 from dpc.data import build_batch_sampler
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
@@ -94,7 +94,6 @@ def validate(
                 renderer=renderer,
                 sigma=sigma,
                 progress=False,
-                flip_candidates=bool(cfg.model.get("pose_flip_candidates", False)),
             )
             res.update(_metrics(preds, reader, split, alignment, num_clouds))
     finally:
@@ -114,9 +113,7 @@ def _projection_loss(model, sampler, n: int, renderer, sigma: float, cfg, device
         K = masks.shape[0]
         if cfg.model.predict_pose:
             out = model(images, shape_index=torch.zeros(1, dtype=torch.long, device=device))
-            q = out.pose_candidates  # [K, M, 4]
-            if cfg.model.get("pose_flip_candidates", False):
-                q = with_flipped_candidates(q)  # [K, 2M, 4], as training chooses among
+            q = out.pose_candidates  # [K, M, 4]: as training chooses among (flips included)
         else:
             out = model(images[:1])
             q = b["quat"].to(device)[:, None]

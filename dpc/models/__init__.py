@@ -2,7 +2,13 @@
 
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder
-from dpc.models.model import DPCModel, ModelOutput, build_model, upgrade_legacy_checkpoint
+from dpc.models.model import (
+    DPCModel,
+    ModelOutput,
+    build_model,
+    candidate_count,
+    upgrade_legacy_checkpoint,
+)
 from dpc.models.pose import PoseHeads
 
 __all__ = [
@@ -13,5 +19,6 @@ __all__ = [
     "PoseHeads",
     "ScaleHead",
     "build_model",
+    "candidate_count",
     "upgrade_legacy_checkpoint",
 ]

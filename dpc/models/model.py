@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from dpc.camera import with_flipped_candidates
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder
 from dpc.models.pose import PoseHeads
@@ -17,7 +18,9 @@ class ModelOutput(NamedTuple):
     points: Tensor  # [B, N, 3] object frame, in [-0.5, 0.5]^3
     scale: Tensor  # [B] occupancy scale in (0, max]
     colors: Tensor | None  # [B, N, 3] in (0, 1), with pc_rgb
-    pose_candidates: Tensor | None  # [B, M, 4] normalised camera quaternions, with predict_pose
+    # [B, M, 4] normalised camera quaternions, with predict_pose: the candidates training
+    # chooses among, each head's and, with flip_candidates, then each flipped (M = 2 heads)
+    pose_candidates: Tensor | None
     pose_student: Tensor | None  # [B, 4] normalised, with predict_pose and a student
 
 
@@ -43,6 +46,7 @@ class DPCModel(nn.Module):
         points_init_std: float = 0.025,
         learn_scale: bool = True,
         pose_code_activation: str = "leaky_relu",
+        flip_candidates: bool = False,
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -54,10 +58,26 @@ class DPCModel(nn.Module):
         self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
         self.max_scale = max_scale
         self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
+        if flip_candidates and not predict_pose:
+            raise ValueError(
+                "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
+                "predicted pose candidates; camera supervision has none)"
+            )
+        # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
+        # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
+        self.flip_candidates = flip_candidates
 
     @property
     def predict_pose(self) -> bool:
         return self.pose_heads is not None
+
+    @property
+    def num_candidates(self) -> int:
+        """How many pose candidates :meth:`forward` returns per image (the heads' count,
+        twice that with ``flip_candidates``; 1 without pose prediction, the given pose)."""
+        if self.pose_heads is None:
+            return 1
+        return len(self.pose_heads.candidates) * (2 if self.flip_candidates else 1)
 
     def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Shape code ``[B, F]`` -> ``(points [B, N, 3], scale [B], colors [B, N, 3] | None)``."""
@@ -67,10 +87,19 @@ class DPCModel(nn.Module):
         return points, self.scale_head(z), colors
 
     def pose(self, pose_code: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Pose code ``[B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``."""
+        """Pose code ``[B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``, the
+        candidates flipped too with ``flip_candidates``."""
         if self.pose_heads is None:
             return None, None
-        return self.pose_heads(pose_code)
+        cands, student = self.pose_heads(pose_code)
+        if self.flip_candidates:
+            # At zero elevation F q is exactly the object's front/back flip (q composed with
+            # a half turn about the object's vertical); at elevation e the two differ by
+            # 2|e|, close enough to land a candidate in the flipped basin. It needs no
+            # knowledge of the model's own frame (arbitrary in the unsupervised setting),
+            # only the camera's.
+            cands = with_flipped_candidates(cands)
+        return cands, student
 
     def forward(self, images: Tensor, shape_index: Tensor | None = None) -> ModelOutput:
         """Args:
@@ -102,7 +131,19 @@ def build_model(cfg) -> DPCModel:
         points_init_std=float(m.pc_decoder_init_stddev),
         learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
         pose_code_activation=str(m.get("pose_code_activation", "leaky_relu")),
+        flip_candidates=bool(m.get("pose_flip_candidates", False)),
     )
+
+
+def candidate_count(cfg) -> int:
+    """How many candidate poses training chooses among for a config, the
+    :attr:`DPCModel.num_candidates` of :func:`build_model`'s model (the range of the
+    winner index): 1 under camera supervision, else the heads' M, times 2 with
+    ``model.pose_flip_candidates``."""
+    m = cfg.model
+    if not m.predict_pose:
+        return 1
+    return int(m.pose_predict_num_candidates) * (2 if m.get("pose_flip_candidates", False) else 1)
 
 
 def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:

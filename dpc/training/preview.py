@@ -152,7 +152,7 @@ def preview_run(
     device: str = "cpu",
 ) -> Path:
     """Write the preview PNG of a run (default ``<run_dir>/preview.png``); returns its path."""
-    from dpc.camera import resize_masks, with_flipped_candidates
+    from dpc.camera import resize_masks
     from dpc.data import build_batch_sampler, open_training_data, prepare_images
     from dpc.render import build_renderer, final_sigma
     from dpc.training.checkpoint import load_run
@@ -169,9 +169,7 @@ def preview_run(
         img = prepare_images(s.images[i, :1], s.image_size)
         o = model(img.to(device))
         if o.pose_candidates is not None:
-            q = o.pose_candidates[0]  # [M, 4]: every candidate
-            if cfg.model.get("pose_flip_candidates", False):
-                q = with_flipped_candidates(q)  # [2M, 4], as training chooses among
+            q = o.pose_candidates[0]  # [M, 4]: every candidate training chooses among
         else:
             q = torch.from_numpy(np.ascontiguousarray(s.quats[i, :1])).float().to(device)
         M = q.shape[0]

@@ -54,6 +54,16 @@ def spread_bias(quats: Tensor, per_candidate: Tensor, margin: float) -> tuple[Te
         return excess * (d * (m / norm.clamp_min(1e-12))).sum(-1), norm
 
 
+def winner_spread(quats: Tensor, winner: Tensor) -> Tensor:
+    """``|mean camera direction|`` (scalar, detached) of the winning candidates ``quats
+    [b, K, M, 4]`` at ``winner [b, K]``: near 0 for views all around the object, ~0.64 for
+    views spread evenly over one half of the circle, 1 for a single direction."""
+    with torch.no_grad():
+        d = camera_directions(quats.float())
+        dw = d.gather(2, winner[..., None, None].expand(*winner.shape, 1, 3))[:, :, 0]
+        return dw.reshape(-1, 3).mean(0).norm()
+
+
 def student_bias(quats: Tensor, student: Tensor) -> Tensor:
     """Student-agreement bias ``[b, K, M]``: ``1 - <q, s>^2`` of each candidate ``quats
     [b, K, M, 4]`` against the student ``student [b, K, 4]`` (both normalised here; 0 for

@@ -21,7 +21,7 @@ from dpc.losses import (
 from dpc.models import build_model
 from dpc.models.encoder import ImageEncoder
 from dpc.render import PointCloudRenderer, RenderSettings
-from dpc.training.step import compute_step, dropout_indices, dropout_indices_per_view
+from dpc.training.step import compute_step, dropout_indices
 from kernels.reference import (
     blur3d_ref,
     ray_project_ref,
@@ -257,11 +257,17 @@ def test_colour_clip_after_conv_and_raw_divisor_gradient():
 # ---- 3. point dropout per view -----------------------------------------------------------
 
 
+def dropout_indices_per_view(step, seed, global_batch, views, rank_slice, n, keep, device):
+    return dropout_indices(step, seed, global_batch, rank_slice, n, keep, device, views=views)
+
+
 def test_per_view_dropout_rounds_down_and_differs_per_view():
     idx = dropout_indices_per_view(5, 0, 4, 3, slice(0, 4), 100, 0.075, "cpu")
     assert idx.shape == (4, 3, 7)  # floor(7.5); dpc's per-object draw keeps ceil = 8
     assert dropout_indices(5, 0, 4, slice(0, 4), 100, 0.075, "cpu").shape == (4, 8)
     assert dropout_indices_per_view(5, 0, 4, 3, slice(0, 4), 100, 0.29, "cpu").shape[-1] == 29
+    part = dropout_indices(5, 0, 4, slice(2, 4), 100, 0.075, "cpu")
+    assert torch.equal(part, dropout_indices(5, 0, 4, slice(0, 4), 100, 0.075, "cpu")[2:4])
     for b in range(4):
         rows = [tuple(sorted(r.tolist())) for r in idx[b]]
         assert len(set(rows)) == 3  # a different subset per view

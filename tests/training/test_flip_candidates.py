@@ -80,17 +80,34 @@ def test_flip_twice_is_the_identity_up_to_sign():
 
 
 class _KnownPoses(nn.Module):
-    """A model stub: a fixed left-right asymmetric cloud, and the given candidates and
-    student per image."""
+    """A model stub: a fixed left-right asymmetric cloud, and the given candidates (each
+    also flipped with ``flip``, as DPCModel does) and student per image."""
 
-    def __init__(self, points, cands, student):
+    def __init__(self, points, cands, student, flip=True):
         super().__init__()
-        self.points, self.cands, self.student = points, cands, student
+        self.points, self.student = points, student
+        self.cands = with_flipped_candidates(cands) if flip else cands
 
     def forward(self, images, shape_index=None):
         b = len(shape_index)
         pts = self.points.expand(b, -1, -1)
         return ModelOutput(pts, torch.ones(b), None, self.cands, self.student)
+
+
+def test_the_model_returns_the_flipped_candidates():
+    cfg = compose_cfg(TINY + FLIP)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.num_candidates == 4 == num_candidates(cfg)
+    x = torch.rand(3, 3, 32, 32)
+    out = model(x)
+    assert out.pose_candidates.shape == (3, 4, 4)
+    heads, _ = model.pose_heads(model.encoder(x)[1])
+    torch.testing.assert_close(out.pose_candidates, with_flipped_candidates(heads))
+    cfg.model.pose_flip_candidates = False
+    torch.manual_seed(0)
+    plain = build_model(cfg).eval()
+    assert plain.num_candidates == 2 and plain(x).pose_candidates.shape == (3, 2, 4)
 
 
 def _asymmetric_cloud(n=400):
@@ -133,6 +150,7 @@ def test_step_winner_and_student_teacher_range_over_the_flipped_candidates():
     assert abs(student_loss(student.view(b, K, 4), unflipped[:, :, 0]) - expect) > 1e-3
     # without the option only the heads' own M candidates compete
     cfg.model.pose_flip_candidates = False
+    model = _KnownPoses(points, cands, student, flip=False)
     out1 = compute_step(model, ren, batch, cfg, 0, 1.0, 1.0, slice(0, b))
     assert out1.silhouette.shape == (b, K, M, G, G) and out1.winner.max() < M
 
@@ -200,11 +218,13 @@ def test_config_key_defaults_to_false_and_needs_predict_pose(tmp_path):
 
 
 class _FlippedOracle(nn.Module):
-    """The GT cloud of the image's object and one candidate, its GT pose flipped; no
-    student (looked up by pixel equality, as tests/eval/test_validate.py's oracle)."""
+    """The GT cloud of the image's object and one candidate, its GT pose flipped (and,
+    with ``flip``, that one flipped again, as DPCModel returns them); no student (looked up
+    by pixel equality, as tests/eval/test_validate.py's oracle)."""
 
-    def __init__(self, reader, split):
+    def __init__(self, reader, split, flip):
         super().__init__()
+        self.flip = flip
         self.images = torch.from_numpy(np.asarray(reader.images(split))).float() / 255
         self.gt = torch.from_numpy(np.asarray(reader.gt_points(split)))
         self.q = torch.from_numpy(np.asarray(reader.quats(split))).float()
@@ -215,6 +235,8 @@ class _FlippedOracle(nn.Module):
         o = idx // self.images.shape[1]
         o = o if shape_index is None else o[shape_index]
         cand = flip_about_image_up(self.q.flatten(0, 1)[idx])[:, None]  # [B, 1, 4]
+        if self.flip:
+            cand = with_flipped_candidates(cand)
         return ModelOutput(self.gt[o], torch.ones(len(o)), None, cand, None)
 
 
@@ -238,18 +260,17 @@ def _val_cfg(flip: bool):
 
 def test_validation_and_prediction_choose_among_the_flipped_candidates():
     reader = synthetic_dataset({"train": 2, "val": 2}, num_views=2, image_size=16, num_points=300)
-    model = _FlippedOracle(reader, "val")
+    model = _FlippedOracle(reader, "val", flip=True)
     with pytest.warns(UserWarning, match="no student"):
         on = validate(model, reader, _val_cfg(True), num_clouds=1)
     # the flip of the (flipped) candidate is the GT pose: a perfect score
     assert on["projection_loss"] < 1e-3 and on["pose_accuracy"] == 1.0
-    off = validate(model, reader, _val_cfg(False), num_clouds=1)
+    plain = _FlippedOracle(reader, "val", flip=False)
+    off = validate(plain, reader, _val_cfg(False), num_clouds=1)
     assert off["projection_loss"] > 1.0  # only the flipped pose: the wrong side
     r = PointCloudRenderer(RenderSettings(vox_size=16, kernel_size=5, backend="reference"))
     with pytest.warns(UserWarning, match="no student"):
-        p = predict_split(
-            model, reader, "val", 16, renderer=r, sigma=0.6, progress=False, flip_candidates=True
-        )
+        p = predict_split(model, reader, "val", 16, renderer=r, sigma=0.6, progress=False)
     assert p.candidates.shape == (2, 2, 2, 4)
     q_gt = torch.from_numpy(np.asarray(reader.quats("val"))).float()
     assert quat_angle(torch.from_numpy(p.quat), q_gt).max().item() < 1e-3
