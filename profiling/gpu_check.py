@@ -21,13 +21,15 @@ Phases, in order, each a subprocess with a time limit (min(its box, time left)):
   ``.wheelhouse/COMMIT`` written before the call: ``.git`` does not travel), and which
   carried packages import;
 * ``cuda_tests``: ``pytest -m cuda tests/kernels`` (full-size parity, KeOps Chamfer, ...);
+* ``train`` (waits for ``data``): ``+experiment=car`` at the paper's settings with
+  ``render.kernel_variant`` passes and fused in alternating order (passes, fused, fused,
+  passes): steps/s over the steps after a warm-up, between two
+  ``torch.cuda.synchronize()``; then a fused run under ``torch.profiler`` with a
+  schedule (wait, warm-up, active steps): the CUDA time split between the renderer's
+  kernels and the rest over the active steps only;
 * ``profile``: ``profile_render.py`` at the paper's scale (eager, Triton passes, fused;
   warm-up excluded), then registers / spills / shared memory of every kernel it compiled;
-* ``train``: ``+experiment=car`` at the paper's settings with ``render.kernel_variant``
-  passes and fused in alternating order (passes, fused, fused, passes): steps/s over the
-  steps after a warm-up, between two ``torch.cuda.synchronize()``; then a fused run under
-  ``torch.profiler`` with a schedule (wait, warm-up, active steps): the CUDA time split
-  between the renderer's kernels and the rest over the active steps only.
+* then the ``compile`` result is collected (waited for within its box).
 
 ``--dry-run``: the same phases on the CPU at tiny sizes (the Triton kernels through the
 interpreter, the quick car set, a few steps): it checks the plumbing and measures nothing
@@ -56,12 +58,12 @@ CARRIED_IMPORTS = ("hydra", "omegaconf", "antlr4", "trimesh", "embreex", "pykeop
 
 # Time boxes (seconds) on the GPU and in the dry run. The whole check: --budget.
 BOXES = {
-    "env": (60, 60),
-    "cuda_tests": (100, 60),
-    "profile": (75, 90),
-    "train": (110, 150),
-    "data": (150, 120),  # background
-    "compile": (150, 120),  # background
+    "env": (45, 60),
+    "cuda_tests": (90, 60),
+    "train": (130, 150),
+    "profile": (70, 90),
+    "data": (150, 120),  # background; the train phase waits for it
+    "compile": (240, 120),  # background
 }
 DEFAULT_BUDGET = (330, 420)  # GPU: 5.5 min, so that a rerun fits a 15-minute lease
 
@@ -329,7 +331,8 @@ def profiled_split(dry: bool, data_root: Path, run_dir: Path, wait: int, warmup:
     cuda = torch.cuda.is_available()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     total_steps = wait + warmup + active
-    prof = profile(activities=acts, schedule=schedule(wait=wait, warmup=warmup, active=active))
+    sched = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
+    prof = profile(activities=acts, schedule=sched)
 
     def tick(step):
         prof.step()
@@ -367,8 +370,8 @@ def profiled_split(dry: bool, data_root: Path, run_dir: Path, wait: int, warmup:
 def phase_train(work: Path, dry: bool, opts: dict) -> dict:
     data_root = Path(opts["data_root"])
     order = ["passes", "fused", "fused", "passes"]  # alternating: drift hits both alike
-    warmup, measure = (2, 2) if dry else (opts.get("warmup", 15), opts.get("steps", 100))
-    cap = 60.0 if dry else 18.0  # seconds of measured window per run at most
+    warmup, measure = (2, 2) if dry else (opts.get("warmup", 10), opts.get("steps", 100))
+    cap = 60.0 if dry else 12.0  # seconds of measured window per run at most
     res: dict = {"order": order, "runs": [], "dataset": str(data_root)}
     _write(work / "train.json", res)
     for i, variant in enumerate(order):
@@ -417,7 +420,7 @@ class Check:
         deadline = os.environ.get("DPC_CHECK_DEADLINE")  # set by gpu_check.sh
         if deadline and not args.budget:
             self.budget = float(deadline) - time.time()
-        self.out = args.outdir.resolve()
+        self.out = (Path(os.environ.get("DPC_CALLER_CWD", ".")) / args.outdir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work or tempfile.mkdtemp(prefix="dpc-gpu-check-")).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
@@ -486,15 +489,21 @@ class Check:
         with open(log, "w") as f:
             f.write("$ " + " ".join(map(shlex.quote, cmd)) + "\n")
             f.flush()
+            # Its own process group (killed whole on a time-out), in this session: what
+            # the device kills when the command returns.
+            p = subprocess.Popen(
+                cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
+                process_group=0,
+            )  # fmt: skip
             try:
-                p = subprocess.Popen(
-                    cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
                 rc = p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill(p)
                 rc = "timeout"
+            except BaseException:  # SIGTERM from gpu_check.sh's hard stop, ^C
+                _kill(p)
+                self._record(name, "killed: check stopped", t, timeout, log)
+                raise
         res = None
         rj = self.work / f"{name}.json"
         if rj.exists():
@@ -516,7 +525,7 @@ class Check:
         f.flush()
         p = subprocess.Popen(
             cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,
         )  # fmt: skip
         self.bg[name] = (p, time.perf_counter(), self.box(name), log)
         self.rep["phases"][name] = {"rc": "running (background)", "log": log.name}
@@ -562,7 +571,18 @@ def _pytest_counts(log: Path) -> dict:
     return counts
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Stopped(f"signal {signum}")
+
+
 def orchestrate(args, argv) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)  # gpu_check.sh's hard stop: clean up first
     c = Check(args, argv)
     dry = c.dry
     skip = set(filter(None, args.skip.split(",")))
@@ -598,6 +618,13 @@ def orchestrate(args, argv) -> int:
             ph = c.run("cuda_tests", pyt + ["-rfEs"])
             ph["counts"] = _pytest_counts(c.work / "cuda_tests.log")
             c.save()
+        if "data" in c.bg:
+            c.wait_bg("data")
+        if "train" not in skip:
+            opts = {"data_root": str(data_root)}
+            if args.train_steps:
+                opts["steps"] = args.train_steps
+            c.phase("train", ["--opts", json.dumps(opts)])
         if "profile" not in skip:
             c.phase("profile")
         if "compile" in c.bg:
@@ -607,13 +634,8 @@ def orchestrate(args, argv) -> int:
                 return {"md": f.read_text()} if f.exists() else None
 
             c.wait_bg("compile", compile_result)
-        if "data" in c.bg:
-            c.wait_bg("data")
-        if "train" not in skip:
-            opts = {"data_root": str(data_root)}
-            if args.train_steps:
-                opts["steps"] = args.train_steps
-            c.phase("train", ["--opts", json.dumps(opts)])
+    except _Stopped as e:
+        c.rep["stopped"] = f"{e} after {time.perf_counter() - c.t0:.0f} s"
     finally:
         c.kill_bg()
         c.rep["finished_utc"] = now_utc()
@@ -647,7 +669,8 @@ def to_markdown(rep: dict) -> str:
         f"(from {ci.get('source')})",
         f"- started {rep['started_utc']} UTC, updated {rep.get('updated_utc')} UTC, "
         f"{rep.get('elapsed_s')} s of a {round(rep['budget_s'])} s budget"
-        + ("" if rep.get("finished_utc") else " (NOT FINISHED: partial report)"),
+        + ("" if rep.get("finished_utc") else " (NOT FINISHED: partial report)")
+        + (f" (STOPPED: {rep['stopped']})" if rep.get("stopped") else ""),
         f"- command: `{rep['command']}`",
         f"- carried packages: {env.get('carried')}",
         "",
@@ -732,9 +755,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if args.phase:  # inside a phase's subprocess; outdir is the work folder
         work = args.outdir
+        if os.environ.get("DPC_CHECK_TEST_HANG") == args.phase:  # tests: a phase that hangs
+            time.sleep(3600)
         fn = {"env": phase_env, "profile": phase_profile}.get(args.phase)
         if args.phase == "train":
-            phase_train(work, args.dry_run, json.loads(args.opts))
+            res = phase_train(work, args.dry_run, json.loads(args.opts))
+            failed = [r for r in res["runs"] if "error" in r] + (
+                [res["split"]] if "error" in res.get("split", {}) else []
+            )
+            return 1 if failed else 0
         elif fn:
             fn(work, args.dry_run)
         else:

@@ -14,6 +14,7 @@
 set -uo pipefail
 PY="${PYTHON:-python3}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DPC_CALLER_CWD="$PWD"  # OUTDIR is relative to where the check was called from
 cd "$ROOT" || exit 2
 args=("$@")
 if [[ ${#args[@]} -eq 0 ]]; then
