@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import os
 import platform
@@ -615,6 +616,10 @@ def orchestrate(args, argv) -> int:
             # Dry run: two files (all their tests skip without CUDA), not the whole folder.
             files = ["tests/kernels/test_cuda_full.py", "tests/kernels/test_launch_contract.py"]
             pyt += files if dry else ["tests/kernels"]
+            if not dry and importlib.util.find_spec("xdist"):  # the image has pytest-xdist
+                # 4 processes share the GPU and Triton's compile cache; one file per
+                # process (KeOps compiles once, in the process that runs test_chamfer).
+                pyt += ["-n", "4", "--dist", "loadfile"]
             ph = c.run("cuda_tests", pyt + ["-rfEs"])
             ph["counts"] = _pytest_counts(c.work / "cuda_tests.log")
             c.save()
