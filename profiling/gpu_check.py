@@ -422,6 +422,12 @@ class Check:
         if deadline and not args.budget:
             self.budget = float(deadline) - time.time()
         self.out = (Path(os.environ.get("DPC_CALLER_CWD", ".")) / args.outdir).resolve()
+        self.boxes = {}
+        for item in args.box:  # --box NAME=SECONDS
+            name, _, sec = item.partition("=")
+            if name not in BOXES or not sec:
+                raise SystemExit(f"gpu_check: --box {item!r}: NAME=SECONDS, NAME in {list(BOXES)}")
+            self.boxes[name] = float(sec)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work or tempfile.mkdtemp(prefix="dpc-gpu-check-")).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
@@ -453,7 +459,8 @@ class Check:
         return self.budget - (time.perf_counter() - self.t0)
 
     def box(self, name: str) -> float:
-        return min(BOXES[name][self.dry], self.left() - 5)
+        own = self.boxes.get(name, BOXES[name][self.dry])
+        return min(own, self.left() - 5)
 
     def save(self) -> None:
         self.rep["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
@@ -589,7 +596,10 @@ def orchestrate(args, argv) -> int:
     skip = set(filter(None, args.skip.split(",")))
     py = sys.executable
     c.save()  # a report exists from the first second on
-    data_root = Path(args.data_root or c.work / "data").resolve()
+    # A fixed folder: a rerun on the same (warm) machine reuses the set, or resumes a
+    # build that ran out of time (dpc.data reuses and resumes by itself).
+    data_root = Path(args.data_root or Path(tempfile.gettempdir()) / "dpc-gpu-check-data")
+    data_root = data_root.resolve()
     preset = "quick" if dry else args.data_preset
     workers = 1 if dry else max(1, os.cpu_count() or 1)
     if "train" not in skip and "data" not in skip:
@@ -748,8 +758,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (CI)")
     ap.add_argument("--skip", default="", help="comma list: data,compile,env,cuda_tests,...")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole check")
+    ap.add_argument(
+        "--box", action="append", default=[], help="NAME=SECONDS: another time box for a phase"
+    )
     ap.add_argument("--work", default=None, help="work folder (default: a new temp folder)")
-    ap.add_argument("--data-root", default=None, help="where the car set is built")
+    ap.add_argument(
+        "--data-root", default=None, help="where the car set is built ($TMPDIR/dpc-gpu-check-data)"
+    )
     ap.add_argument("--data-preset", default="small", help="dpc.data preset on the GPU")
     ap.add_argument("--train-steps", type=int, default=None, help="measured steps per run")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
