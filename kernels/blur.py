@@ -29,7 +29,7 @@ from kernels._utils import (
     new_output,
     select_backend,
 )
-from kernels.reference import blur3d_ref, blur_occupancy_ref, gaussian_kernel1d
+from kernels.reference import blur3d_ref, blur_occupancy_ref
 
 # Epilogue / prologue modes of one pass (constexpr switches of the kernel).
 _PLAIN = 0
@@ -202,11 +202,16 @@ def _views(shape) -> tuple[tuple[int, int, int], ...]:
 
 @functools.lru_cache(maxsize=64)
 def _taps_cached(sigma: float, kernel_size: int, dtype: torch.dtype, device: torch.device):
-    # Built on the host in the volume's dtype (the reference's formula) and copied without
-    # blocking: a pageable host-to-device copy is staged at once, no stream sync. The
-    # annealed sigma changes every step, hence a bounded LRU rather than a dict.
-    taps = gaussian_kernel1d(sigma, kernel_size, dtype=dtype, device="cpu")
-    return taps.to(device, non_blocking=True)
+    # Built on the device, with the reference's formula and op order
+    # (kernels.reference.gaussian_kernel1d): a few tiny kernels, no host-to-device copy
+    # (a pageable copy can synchronise the stream, and a CUDA graph cannot capture one).
+    # sigma enters through a fill, not a copy. The annealed sigma changes every step,
+    # hence a bounded LRU rather than a dict.
+    r = (kernel_size - 1) // 2
+    i = torch.arange(-r, r + 1, dtype=dtype, device=device)
+    s = torch.full((), sigma, dtype=dtype, device=device)
+    k = torch.exp(-(i * i) / (2.0 * s * s))
+    return k / k.sum()
 
 
 def taps_for(sigma: float, kernel_size: int, like: Tensor) -> Tensor:

@@ -19,12 +19,15 @@ Backends:
 * ``reference``: chunked ``torch.cdist`` (memory ``chunk x M`` per step), the oracle.
 
 ``auto`` picks ``keops`` for CUDA tensors when pykeops imports, else ``kdtree`` for CPU
-tensors, else ``reference``.
+tensors, else ``reference``. pykeops can import and still fail when it compiles or runs
+its kernel (no compiler, a CUDA or driver mismatch): ``auto`` then warns once, uses
+``reference`` for that call and every later one; an explicit ``backend="keops"`` raises.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -60,6 +63,21 @@ def has_keops() -> bool:
     except Exception:
         return False
     return True
+
+
+# Set when KeOps failed under ``auto`` (compile or run error): ``auto`` stops trying it.
+_keops_broken: str | None = None
+
+
+def _keops_failed(err: BaseException) -> None:
+    global _keops_broken
+    _keops_broken = f"{type(err).__name__}: {str(err)[:300]}"
+    warnings.warn(
+        f"chamfer_distance: KeOps failed ({_keops_broken}); backend 'auto' falls back to "
+        "'reference' (chunked torch.cdist) from now on",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _safe_sqrt(d2: Tensor) -> Tensor:
@@ -123,7 +141,7 @@ def _pick_backend(backend: str, x: Tensor) -> str:
         raise ValueError(f"backend must be one of {CHAMFER_BACKENDS}, got {backend!r}")
     if backend == "auto":
         if x.is_cuda:
-            return "keops" if has_keops() else "reference"
+            return "keops" if has_keops() and _keops_broken is None else "reference"
         return "kdtree"
     if backend == "keops" and not has_keops():
         raise RuntimeError("backend='keops' needs pykeops; pip install pykeops")
@@ -180,8 +198,14 @@ def chamfer_distance(
             d_xy, d_yx = d_xy * d_xy, d_yx * d_yx
         return ChamferResult(d_xy, d_yx, i_xy, i_yx)
     nn = {"keops": _nn_keops, "kdtree": _nn_kdtree, "reference": _nn_reference}[which]
-    idx_xy = nn(x, y)
-    idx_yx = nn(y, x)
+    try:
+        idx_xy = nn(x, y)
+        idx_yx = nn(y, x)
+    except Exception as e:
+        if not (which == "keops" and backend == "auto"):
+            raise
+        _keops_failed(e)  # a compile or run error of KeOps: the oracle instead
+        idx_xy, idx_yx = _nn_reference(x, y), _nn_reference(y, x)
     return ChamferResult(
         _gather_dist(x, y, idx_xy, squared), _gather_dist(y, x, idx_yx, squared), idx_xy, idx_yx
     )

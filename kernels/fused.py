@@ -54,7 +54,8 @@ from kernels._utils import (
     next_pow2,
     select_backend,
 )
-from kernels.blur import taps_for
+from kernels.blur import blur_occupancy, taps_for
+from kernels.project import ray_project
 from kernels.reference import RayProjection, blur_ray_project_ref
 
 _PLANE_CLIP_IN = 1  # forward: blur clamp(x, 0, 1)
@@ -289,6 +290,38 @@ PROJECT_BWD_BLOCK = 16
 PROJECT_BWD_WARPS = 8
 
 
+# The backward's depth-blur product stages a [DB, DB] band and a [DB, BLOCK] tile in
+# shared memory (DB = next_pow2(D)): at D = 256 in fp32 Triton 3.6 asks for 278,528 B,
+# over the 232,448 B (227 KiB) a Hopper block may use, and the launch fails. The
+# estimate below is an upper bound of that (profiling/RESULTS.md: measured shared memory
+# at 64^3, 128^3 and 256^3); blur_ray_project takes the separate kernels ("passes") for
+# volumes whose backward does not fit, and depth_project_bwd refuses them.
+SMEM_LIMIT_SM90 = 232_448
+
+
+def depth_bwd_smem_bytes(D: int, itemsize: int) -> int:
+    """Upper bound of the shared memory (bytes) of :func:`depth_project_bwd` at depth D."""
+    DB = max(16, next_pow2(D))
+    return (DB * DB + DB * PROJECT_BWD_BLOCK) * itemsize
+
+
+def smem_limit(device: torch.device) -> int:
+    """Shared memory one block may use on ``device`` (opt-in maximum); sm_90's off a GPU
+    (the interpreter has no limit, but the guard should behave as on the H100/H200)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        limit = getattr(props, "shared_memory_per_block_optin", 0)
+        if limit:
+            return int(limit)
+    return SMEM_LIMIT_SM90
+
+
+def fused_bwd_fits(D: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`depth_project_bwd` can launch for depth ``D`` in ``dtype``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return depth_bwd_smem_bytes(D, itemsize) <= smem_limit(device)
+
+
 def plane_config(H: int, W: int, K: int) -> tuple[int, int, int, int, int, int]:
     """(BH, HWIN, WB, SHIFT, n_bands, n_cols) of the plane pass for ``H x W`` planes."""
     WB = max(16, min(next_pow2(W), PLANE_COLS))
@@ -380,6 +413,13 @@ def depth_project_bwd(
     """Backward of :func:`depth_project_fwd`: d(t) and d(scale) ``[B]`` (or None)."""
     B, _, D, H, W = t.shape
     HW = H * W
+    if not fused_bwd_fits(D, t.dtype, t.device):
+        need = depth_bwd_smem_bytes(D, t.element_size())
+        raise ValueError(
+            f"depth_project_bwd: depth {D} in {t.dtype} needs about {need} B of shared "
+            f"memory per block, over the {smem_limit(t.device)} B available; use the "
+            "separate kernels (blur_ray_project does so itself, kernel_variant='passes')"
+        )
     grad_t = new_output(t, *t.shape)
     # At least 16 rays per program: tl.dot needs every dimension >= 16.
     BLOCK = max(16, launch_block(PROJECT_BWD_BLOCK, HW, interpret_cap=4096))
@@ -470,7 +510,9 @@ def blur_ray_project(
     Returns :class:`~kernels.reference.RayProjection` with silhouette ``[B, H, W]`` and
     depth ``[B, H, W]`` (if ``return_depth``; colour and probabilities are None).
     Differentiable w.r.t. ``volume`` and ``scale``. The Triton path is the fused
-    kernels; the CPU and reference paths compose the two ops.
+    kernels, or the two separate Triton ops where the fused backward's shared memory
+    would not fit (:func:`fused_bwd_fits`: depth 256 in fp32, above 128 in fp64); the
+    CPU and reference paths compose the two ops.
     """
     check_tensor("volume", volume, ndim=5)
     if volume.shape[1] != 1:
@@ -478,6 +520,11 @@ def blur_ray_project(
     check_kernel(sigma, kernel_size)
     check_scale(scale, volume.shape[0])
     path = select_backend(backend, volume)
+    if path == "triton" and not fused_bwd_fits(volume.shape[2], volume.dtype, volume.device):
+        # The fused backward cannot launch at this depth: the separate Triton kernels.
+        occ = blur_occupancy(volume, float(sigma), kernel_size, scale, backend="triton")
+        out = ray_project(occ, None, camera_distance, max_depth, 1.0, return_depth, False, "triton")
+        return RayProjection(out.silhouette, out.depth, None, None)
     if path == "triton":
         sc = scale.to(volume.dtype).contiguous() if scale is not None else None
         sil, depth = BlurRayProject.apply(

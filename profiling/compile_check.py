@@ -9,6 +9,7 @@ compiler rejects, and says nothing about register pressure: this does both.
 
     python profiling/compile_check.py                       # sm_90, fp32 + fp64
     python profiling/compile_check.py --arch 90 80 --json out.json --md out.md
+    python profiling/compile_check.py --grid 64 128 --only fused   # also at 128^3
     PYTHONPATH=/path/to/triton36 python profiling/compile_check.py   # another Triton
 
 Exit status 1 on a compile failure, or (``--fail-on-spill``) on any spill in a float32
@@ -67,8 +68,10 @@ def _source(fn, consts: dict) -> ASTSource:
     return sig, cx
 
 
-def cases():
-    """(name, kernel, constexprs, num_warps) for every kernel variant the launchers use."""
+def cases(grid: int = GRID):
+    """(name, kernel, constexprs, num_warps) for every kernel variant the launchers use,
+    at a ``grid``^3 volume (only the projection kernels depend on it: D is a constexpr,
+    and the fused plane pass bands planes taller than 64 rows)."""
     proj = dict(camera_distance=2.0, max_depth=10.0, background=1.0)
     for has_feat in (False, True):
         c = dict(HAS_FEAT=has_feat, C_BLOCK=4, BLOCK=splat._GPU_BLOCK)
@@ -86,7 +89,7 @@ def cases():
         for depth_probs in (False, True):
             tag = ("+color" if has_color else "") + ("+depth+probs" if depth_probs else "")
             c = dict(
-                D=GRID,
+                D=grid,
                 HAS_COLOR=has_color,
                 RETURN_DEPTH=depth_probs,
                 RETURN_PROBS=depth_probs,
@@ -96,7 +99,7 @@ def cases():
             )
             yield "project_fwd" + tag, project._project_fwd_kernel, c, 4
             c = dict(
-                D=GRID,
+                D=grid,
                 HAS_COLOR=has_color,
                 HAS_G_DEPTH=depth_probs,
                 HAS_G_PROBS=depth_probs,
@@ -105,7 +108,7 @@ def cases():
                 **proj,
             )
             yield "project_bwd" + tag, project._project_bwd_kernel, c, 4
-    yield from fused.compile_cases(GRID, K, proj)
+    yield from fused.compile_cases(grid, K, proj)
 
 
 _REGS = re.compile(r"Used (\d+) registers")
@@ -129,7 +132,17 @@ def parse_ptxas(log: str) -> dict:
     }
 
 
+_DONE: dict = {}  # a kernel already compiled in this process hits Triton's cache: no log
+
+
 def compile_one(fn, consts: dict, num_warps: int, fp: str, arch: int) -> dict:
+    key = (fn.__name__, tuple(sorted(consts.items())), num_warps, fp, arch)
+    if key not in _DONE:
+        _DONE[key] = _compile_one(fn, consts, num_warps, fp, arch)
+    return dict(_DONE[key])
+
+
+def _compile_one(fn, consts: dict, num_warps: int, fp: str, arch: int) -> dict:
     sig, cx = _source(fn, consts)
     sig = {k: (f"*{fp}" if v == "PTR" else v) for k, v in sig.items()}
     buf = io.StringIO()
@@ -153,15 +166,19 @@ def to_markdown(rows: list[dict], version: str) -> str:
         f"Triton {version}; registers per thread, stack and spills in bytes per thread "
         "(ptxas -v), shared memory per block.",
         "",
-        "| kernel | dtype | sm | warps | regs | stack | spill st | spill ld | smem |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| kernel | grid | dtype | sm | warps | regs | stack | spill st | spill ld | smem |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['kernel']} | {r['dtype']} | {r['arch']} | FAILED: {r['error']} |")
+            lines.append(
+                f"| {r['kernel']} | {r.get('grid', GRID)} | {r['dtype']} | {r['arch']} | "
+                f"FAILED: {r['error']} |"
+            )
             continue
         lines.append(
-            f"| {r['kernel']} | {r['dtype']} | {r['arch']} | {r['num_warps']} | "
+            f"| {r['kernel']} | {r.get('grid', GRID)} | {r['dtype']} | {r['arch']} | "
+            f"{r['num_warps']} | "
             f"{r['registers']} | {r['stack_bytes']} | {r['spill_store_bytes']} | "
             f"{r['spill_load_bytes']} | {r['shared_bytes']} |"
         )
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[90], help="compute capabilities")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "fp64"], choices=["fp32", "fp64"])
+    ap.add_argument("--grid", type=int, nargs="+", default=[GRID], help="volume sizes")
     ap.add_argument("--only", default=None, help="substring: compile matching kernels only")
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ap.add_argument("--md", type=Path, default=None, help="write a markdown table here")
@@ -180,36 +198,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     rows, failed, spilled = [], 0, []
-    for arch in args.arch:
-        for fp in args.dtypes:
-            for name, fn, consts, nw in cases():
-                if args.only and args.only not in name:
-                    continue
-                row = {"kernel": name, "dtype": fp, "arch": f"sm_{arch}"}
-                try:
-                    row.update(compile_one(fn, consts, nw, fp, arch))
-                except Exception as e:  # report every failure, then exit non-zero
-                    failed += 1
-                    row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                    print(f"FAIL {name:<34} {fp} sm_{arch}: {row['error']}", flush=True)
-                    rows.append(row)
-                    continue
-                spill = row["spill_store_bytes"] + row["spill_load_bytes"]
-                if spill and fp == "fp32":
-                    spilled.append(f"{name} sm_{arch}")
-                print(
-                    f"ok   {name:<34} {fp} sm_{arch} warps {nw}: {row['registers']:3d} regs, "
-                    f"stack {row['stack_bytes']}, spill st/ld {row['spill_store_bytes']}/"
-                    f"{row['spill_load_bytes']}, smem {row['shared_bytes']} "
-                    f"({row['compile_s']:.1f}s)",
-                    flush=True,
-                )
-                rows.append(row)
+    todo = [
+        (grid, arch, fp, case)
+        for grid in args.grid
+        for arch in args.arch
+        for fp in args.dtypes
+        for case in cases(grid)
+        if not args.only or args.only in case[0]
+    ]
+    for grid, arch, fp, (name, fn, consts, nw) in todo:
+        row = {"kernel": name, "grid": grid, "dtype": fp, "arch": f"sm_{arch}"}
+        try:
+            row.update(compile_one(fn, consts, nw, fp, arch))
+        except Exception as e:  # report every failure, then exit non-zero
+            failed += 1
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"FAIL {name:<34} {grid} {fp} sm_{arch}: {row['error']}", flush=True)
+            rows.append(row)
+            continue
+        spill = row["spill_store_bytes"] + row["spill_load_bytes"]
+        if spill and fp == "fp32":
+            spilled.append(f"{name} {grid}^3 sm_{arch}")
+        print(
+            f"ok   {name:<34} {grid} {fp} sm_{arch} warps {nw}: {row['registers']:3d} regs, "
+            f"stack {row['stack_bytes']}, spill st/ld {row['spill_store_bytes']}/"
+            f"{row['spill_load_bytes']}, smem {row['shared_bytes']} "
+            f"({row['compile_s']:.1f}s)",
+            flush=True,
+        )
+        rows.append(row)
     print(
         f"triton {triton.__version__}: {failed} failure(s), "
         f"{len(spilled)} spilling fp32 kernel(s){': ' + ', '.join(spilled) if spilled else ''}"
     )
-    meta = {"triton": triton.__version__, "grid": GRID, "K": K, "rows": rows}
+    meta = {"triton": triton.__version__, "grid": args.grid, "K": K, "rows": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(meta, indent=2))

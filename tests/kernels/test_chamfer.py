@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -164,3 +165,48 @@ def test_memory_is_linear(backend, keops_ok):
     )
     grow = int(out.stdout.strip().splitlines()[-1])
     assert grow < 20000 * 20000 * 4 / 10, grow
+
+
+def test_auto_falls_back_when_keops_fails(monkeypatch):
+    """pykeops imports but its compile (or run) fails: ``auto`` warns and returns the
+    reference's answer, and stops trying KeOps; an explicit ``keops`` raises."""
+    from kernels import chamfer
+
+    calls = []
+
+    def broken(a, b):
+        calls.append(1)
+        raise RuntimeError("[KeOps] Error: no nvcc / nvrtc for this device")
+
+    monkeypatch.setattr(chamfer, "_keops_broken", None)
+    monkeypatch.setattr(chamfer, "has_keops", lambda: True)
+    monkeypatch.setattr(chamfer, "_nn_keops", broken)
+    # On a CPU tensor auto picks the KD-tree; pose as the CUDA case, where it picks keops.
+    real_pick = chamfer._pick_backend
+    monkeypatch.setattr(
+        chamfer,
+        "_pick_backend",
+        lambda b, x: (
+            ("keops" if chamfer._keops_broken is None else "reference")
+            if b == "auto"
+            else real_pick(b, x)
+        ),
+    )
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(2, 50, 3, generator=gen), torch.rand(2, 40, 3, generator=gen)
+    want = chamfer_distance(x, y, backend="reference")
+    with pytest.warns(RuntimeWarning, match="KeOps failed.*falls back"):
+        got = chamfer_distance(x, y)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert calls == [1] and "no nvcc" in chamfer._keops_broken
+    chamfer_distance(x, y)  # no second attempt
+    assert calls == [1]
+    # The real auto rule also stops picking KeOps once it failed.
+    cuda_like = types.SimpleNamespace(is_cuda=True)  # _pick_backend reads is_cuda only
+    assert real_pick("auto", cuda_like) == "reference"
+    monkeypatch.setattr(chamfer, "_keops_broken", None)
+    assert real_pick("auto", cuda_like) == "keops"
+    monkeypatch.setattr(chamfer, "_keops_broken", "RuntimeError: no nvcc")
+    with pytest.raises(RuntimeError, match="no nvcc"):
+        chamfer_distance(x, y, backend="keops")

@@ -137,3 +137,44 @@ def test_blur_ray_project_paper_scale_cuda():
         assert_parity(g[1], g_r[1], *tol, name="grad_scale")
         g2 = torch.autograd.grad(loss, (x, s))
         assert torch.equal(g[0], g2[0]) and torch.equal(g[1], g2[1]), "not deterministic"
+
+
+def test_fused_backward_smem_guard():
+    """The fused backward's [DB, DB] band does not fit a block's shared memory at depth 256
+    in fp32 (278,528 B as compiled for sm_90 vs 232,448 B): the launcher refuses it with a
+    clear error before launching, and 128 fits in both dtypes."""
+    from kernels import fused
+
+    dev = torch.device(DEVICE)
+    assert fused.fused_bwd_fits(128, torch.float32, dev)
+    assert fused.fused_bwd_fits(128, torch.float64, dev)
+    assert not fused.fused_bwd_fits(256, torch.float32, dev)
+    assert not fused.fused_bwd_fits(129, torch.float32, dev)  # rounds up to 256 rows
+    assert fused.depth_bwd_smem_bytes(256, 4) >= 278_528
+    t = torch.zeros(1, 1, 256, 1, 1, device=DEVICE)
+    taps = taps_for(1.0, 3, t)
+    with pytest.raises(ValueError, match="shared memory.*passes"):
+        fused.depth_project_bwd(t, taps, None, t.new_zeros(1, 1, 1), None, 2.0, 10.0)
+
+
+def test_fused_falls_back_to_separate_kernels_when_bwd_does_not_fit(monkeypatch, gen):
+    """Where the fused backward cannot launch, blur_ray_project takes the separate Triton
+    kernels: same values and gradients as the reference, the fused op never runs."""
+    from kernels import fused
+
+    monkeypatch.setattr(fused, "smem_limit", lambda device: 1024)  # as if D were too deep
+    called = []
+    monkeypatch.setattr(BlurRayProject, "apply", lambda *a: called.append(1))
+    shape, sigma, K = (2, 1, 9, 7, 11), 1.3, 5
+    x = occupancy_input(shape, gen, torch.float64).requires_grad_()
+    scale = (torch.rand(2, generator=gen, dtype=torch.float64) * 3.0 + 0.2).to(DEVICE)
+    scale.requires_grad_()
+    out = blur_ray_project(x, sigma, K, scale, backend="triton")
+    ref = blur_ray_project_ref(x, sigma, K, scale)
+    assert not called
+    torch.testing.assert_close(out.silhouette, ref.silhouette)
+    torch.testing.assert_close(out.depth, ref.depth)
+    g = torch.autograd.grad(out.silhouette.sum() + out.depth.sum(), (x, scale))
+    gr = torch.autograd.grad(ref.silhouette.sum() + ref.depth.sum(), (x, scale))
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b)

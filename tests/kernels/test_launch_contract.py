@@ -136,6 +136,25 @@ def test_blur_taps_cached_per_key():
     assert taps_for(1.7, 9, like.float()) is not a  # dtype is part of the key
     assert taps_for(1.8, 9, like) is not a
     torch.testing.assert_close(a, gaussian_kernel1d(1.7, 9, dtype=torch.float64).to(DEVICE))
+    # Built on the device with the reference's formula: the same bits as the reference
+    # built there, and no host-to-device copy (issue 22: graph capture, stream syncs).
+    assert a.device == like.device
+    assert torch.equal(a, gaussian_kernel1d(1.7, 9, dtype=torch.float64, device=DEVICE))
+
+
+def test_blur_taps_make_no_host_copy(monkeypatch):
+    """Taps for a new sigma come from device kernels alone: no Tensor.to / copy_."""
+    from kernels import blur
+
+    def no_copy(*a, **k):
+        raise AssertionError("taps copied from the host")
+
+    like = torch.zeros(1, device=DEVICE)
+    monkeypatch.setattr(torch.Tensor, "to", no_copy)
+    monkeypatch.setattr(torch.Tensor, "copy_", no_copy)
+    blur._taps_cached.cache_clear()
+    taps = taps_for(0.731, 21, like)
+    assert taps.shape == (21,) and taps.device == like.device
 
 
 def test_render_has_no_host_sync(monkeypatch):
