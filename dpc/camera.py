@@ -167,10 +167,36 @@ def flip_about_image_up(q: Tensor) -> Tensor:
     return quat_mul(q.new_tensor(IMAGE_UP_FLIP), q)
 
 
-def with_flipped_candidates(q: Tensor) -> Tensor:
-    """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``
-    (:func:`flip_about_image_up`), the candidate set of ``model.pose_flip_candidates``."""
-    return torch.cat((q, flip_about_image_up(q)), dim=-2)
+def mean_image_up(q: Tensor) -> Tensor:
+    """Unit object-frame direction ``[3]`` (detached) of the mean image-up axis of the
+    cameras ``q [..., 4]``: the object's vertical as the cameras see it (data sets are
+    rendered without camera roll, so every view's image-up lies near the vertical)."""
+    with torch.no_grad():
+        u = quat_to_matrix(q.detach().reshape(-1, 4))[:, 1, :].mean(0)  # rows: camera axes
+        return u / u.norm().clamp_min(1e-12)
+
+
+def flip_about_object_up(q: Tensor, up: Tensor | None = None) -> Tensor:
+    """``q H`` for camera quaternions ``q [..., 4]`` (any norm; the norm is kept), with
+    ``H`` the half turn about the object-frame axis ``up [3]`` (default
+    :func:`mean_image_up` of ``q``): the object turned front to back about its vertical,
+    the camera at the same elevation on the other side, at any elevation (unlike
+    :func:`flip_about_image_up`, off by twice the elevation)."""
+    u = mean_image_up(q) if up is None else up / up.norm().clamp_min(1e-12)
+    h = torch.cat((u.new_zeros(1), u)).to(q.dtype)  # (cos 90, sin 90 * u)
+    return quat_mul(q, h.expand_as(q))
+
+
+def with_flipped_candidates(q: Tensor, axis: str = "camera") -> Tensor:
+    """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``,
+    the candidate set of ``model.pose_flip_candidates``; ``axis`` (``model.pose_flip_axis``)
+    ``camera``: ``F`` = :func:`flip_about_image_up`; ``object``: :func:`flip_about_object_up`
+    about the mean image-up of all of ``q`` (the model's vertical, estimated per batch)."""
+    if axis == "camera":
+        return torch.cat((q, flip_about_image_up(q)), dim=-2)
+    if axis == "object":
+        return torch.cat((q, flip_about_object_up(q)), dim=-2)
+    raise ValueError(f"model.pose_flip_axis must be 'camera' or 'object', got {axis!r}")
 
 
 def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:

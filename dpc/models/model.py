@@ -47,6 +47,7 @@ class DPCModel(nn.Module):
         learn_scale: bool = True,
         pose_code_activation: str = "leaky_relu",
         flip_candidates: bool = False,
+        flip_axis: str = "camera",
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -66,6 +67,9 @@ class DPCModel(nn.Module):
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
+        if flip_axis not in ("camera", "object"):
+            raise ValueError(f"model.pose_flip_axis must be 'camera' or 'object', got {flip_axis!r}")
+        self.flip_axis = flip_axis  # model.pose_flip_axis (dpc.camera.with_flipped_candidates)
 
     @property
     def predict_pose(self) -> bool:
@@ -98,7 +102,9 @@ class DPCModel(nn.Module):
             # 2|e|, close enough to land a candidate in the flipped basin. It needs no
             # knowledge of the model's own frame (arbitrary in the unsupervised setting),
             # only the camera's.
-            cands = with_flipped_candidates(cands)
+            # With model.pose_flip_axis=object the flip is the exact front/back turn about
+            # the model's vertical, estimated from this batch's cameras.
+            cands = with_flipped_candidates(cands, self.flip_axis)
         return cands, student
 
     def forward(self, images: Tensor, shape_index: Tensor | None = None) -> ModelOutput:
@@ -132,6 +138,7 @@ def build_model(cfg) -> DPCModel:
         learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
         pose_code_activation=str(m.get("pose_code_activation", "leaky_relu")),
         flip_candidates=bool(m.get("pose_flip_candidates", False)),
+        flip_axis=str(m.get("pose_flip_axis", "camera")),
     )
 
 

@@ -111,3 +111,26 @@ def test_step_uses_the_spread_bias():
 def test_step_uses_the_student_bias():
     out = _step(["loss.pose_student_select_weight=1e4"])
     assert (out.winner == 1).all()  # the student sits on candidate 1
+
+
+def test_object_flip_is_the_view_from_the_opposite_azimuth_at_the_same_elevation():
+    from dpc.camera import flip_about_object_up, mean_image_up, quat_angle, with_flipped_candidates
+
+    g = torch.Generator().manual_seed(0)
+    az = torch.rand(12, generator=g, dtype=torch.float64) * 2 * math.pi
+    el = torch.rand(12, generator=g, dtype=torch.float64) * math.radians(60) - math.radians(20)
+    q = view_quat(az, el)
+    want = view_quat(az + math.pi, el)
+    y = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    assert quat_angle(flip_about_object_up(q, y), want).max().item() < 1e-6
+    # the camera-up flip is off by twice the elevation; the object flip is not
+    assert quat_angle(flip_about_image_up(q), want).max().item() > math.radians(10)
+    # cameras all around at one elevation: their mean image-up is the vertical
+    ring = view_quat(torch.arange(8) * (2 * math.pi / 8), torch.full((8,), 0.5))
+    torch.testing.assert_close(mean_image_up(ring), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    # in a rotated model frame the estimate follows the frame: flips land on the ring
+    c = with_flipped_candidates(ring.view(8, 1, 4).double() * 2.0, "object")
+    assert c.shape == (8, 2, 4)
+    torch.testing.assert_close(c[:, 1].norm(dim=-1), torch.full((8,), 2.0, dtype=torch.float64))
+    opposite = view_quat(torch.arange(8) * (2 * math.pi / 8) + math.pi, torch.full((8,), 0.5))
+    assert quat_angle(c[:, 1], opposite.double()).max().item() < 1e-5
