@@ -12,17 +12,18 @@ import json
 import sys
 import time
 
-import hydra
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dpc.cli import run_command
 from dpc.data import batch_iterator, build_batch_sampler
 from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
+from dpc.runs import RunSettings, resolve_run_dir, save_checkpoint, write_config
 from dpc.training import schedules
-from dpc.training.checkpoint import resolve_run_dir, restore_checkpoint, save_checkpoint
+from dpc.training.checkpoint import restore_checkpoint
 from dpc.training.distributed import resolve_device, setup_distributed
 from dpc.training.logging import RunLogger
 from dpc.training.loop import (
@@ -30,7 +31,6 @@ from dpc.training.loop import (
     StepMeter,
     StopSignals,
     check_loss_config,
-    check_model_config,
     log_media,
     log_step,
     next_steps_message,
@@ -40,9 +40,10 @@ from dpc.training.loop import (
     wrap_model,
 )
 from dpc.training.optim import build_optimizer
-from dpc.training.step import compute_step, num_candidates
+from dpc.training.step import compute_step
+from dpc.training.terms import batch_targets
 
-__all__ = ["NonFiniteLossError", "check_loss_config", "check_model_config", "main", "train"]
+__all__ = ["NonFiniteLossError", "check_loss_config", "main", "train"]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -53,7 +54,7 @@ def train(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     normalize_loss_config(cfg.loss)  # deprecated keys -> current ones (saved that way)
     check_loss_config(cfg.loss)
-    check_model_config(cfg.model)
+    settings = RunSettings.from_cfg(cfg)  # also: clear errors for settings that do not fit
     tr = cfg.trainer
     rank, world, local_rank = setup_distributed(str(cfg.device))
     is_main = rank == 0
@@ -64,10 +65,12 @@ def train(cfg: DictConfig) -> dict:
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(run_dir, cfg)
 
     reader = open_data(cfg, is_main, world)
-    sampler = build_batch_sampler(cfg, reader, rank=rank, world_size=world)
+    sampler = build_batch_sampler(
+        cfg, reader, rank=rank, world_size=world, targets=batch_targets(cfg)
+    )
     b = int(tr.batch_size) // world
     rank_slice = slice(rank * b, (rank + 1) * b)
 
@@ -91,7 +94,7 @@ def train(cfg: DictConfig) -> dict:
             save_checkpoint(ckpt_path, model, optimizer, step_next, cfg, **extra)
 
     batches = batch_iterator(sampler, start_step, max_steps, int(cfg.data.num_workers))
-    M = num_candidates(cfg)  # the range of the winner index (2M with flipped candidates)
+    M = settings.num_candidates  # the range of the winner index (2M with flipped candidates)
     summary: dict = {"start_step": start_step}
     step = final = start_step
     n_bad, stop_now = 0, False
@@ -162,17 +165,21 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Thin hydra shell around :func:`train`."""
+def _command(cfg: DictConfig) -> int:
     try:
         train(cfg)
     except NonFiniteLossError as e:
         print(f"[dpc.train] {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dpc.train +experiment=<name> [key=value ...]`` (configs/train.yaml)."""
+    run_command("train", _command, argv)
 
 
 if __name__ == "__main__":

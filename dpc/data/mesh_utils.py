@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
-from dpc.data.render import embree_intersector
+from dpc.data.mesh_render import embree_intersector
 
 
 class MeshError(ValueError):

@@ -198,7 +198,7 @@ def import_original(
                 for k, (sh, dt) in shapes.items()}
         ok: list[str] = []
         skipped[split] = []
-        for oid in tqdm(ids, desc=f"import {split}", disable=not progress):
+        for oid in tqdm(ids, desc=f"import {split}", disable=None if progress else True):
             try:
                 row = _import_object(src, synset, oid, num_views, S, gt_points,
                                      gt_points_dense, seed, split, has_depth)

@@ -14,6 +14,8 @@ Readers follow the ``dpc.data`` reader API (docs/CONTRACTS.md): ``.splits``,
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -31,12 +33,14 @@ def build_batch_sampler(
     seed: int | None = None,
     rank: int = 0,
     world_size: int = 1,
-    with_targets: bool = True,
+    targets: Collection[str] = (),
 ) -> BatchSampler:
     """The :class:`BatchSampler` of a training config: ``data.split``,
     ``trainer.batch_size``, ``data.views_per_item``, ``seed`` unless given; network input
-    ``data.image_size`` and mask grid ``render.vox_size`` always from ``cfg``; depth maps
-    and silhouette-distance maps when the loss uses them (and ``with_targets``)."""
+    ``data.image_size`` and mask grid ``render.vox_size`` always from ``cfg``; the extra
+    maps named in ``targets`` (what the loss terms read,
+    :func:`dpc.training.terms.batch_targets`): ``depth``, ``mask_distance``,
+    ``mask_inner_distance``, ``full_res`` (depth and mask at the data set's resolution)."""
     return BatchSampler(
         reader,
         str(cfg.data.split) if split is None else split,
@@ -47,21 +51,10 @@ def build_batch_sampler(
         int(cfg.seed) if seed is None else seed,
         rank,
         world_size,
-        with_depth=with_targets
-        and (
-            float(cfg.loss.depth_weight) > 0
-            or float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
-            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
-        ),
-        with_mask_distance=with_targets
-        and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
-        with_inner_distance=with_targets and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
-        with_full_res=with_targets
-        and bool(cfg.loss.get("surface_full_res", False))
-        and (
-            float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
-            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
-        ),
+        with_depth="depth" in targets,
+        with_mask_distance="mask_distance" in targets,
+        with_inner_distance="mask_inner_distance" in targets,
+        with_full_res="full_res" in targets,
     )
 
 

@@ -153,7 +153,7 @@ def estimate_global_alignment(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="alignment ICP", unit="obj")
+        it = tqdm(it, desc="alignment ICP", unit="obj", disable=None)  # off when not a tty
     for o in it:
         gt = np.asarray(gt_points[o], dtype=np.float64)
         fits = []

@@ -20,7 +20,7 @@ from dpc.eval.metrics import (
     pose_summary,
     shape_metrics_detailed,
 )
-from dpc.eval.predict import Predictions
+from dpc.eval.predictions import Predictions
 
 
 def load_gt(reader, split: str, dense: bool) -> np.ndarray:
@@ -87,7 +87,7 @@ def score(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="score", unit="obj")
+        it = tqdm(it, desc="score", unit="obj", disable=None)  # off when not a tty
     for o in it:
         if not valid_gt[o]:
             continue
@@ -187,11 +187,16 @@ def score(
 def baselines(reader, split, gt, valid_gt, with_pose: bool, gt_dense: bool = False) -> dict:
     """Mean-shape (Chamfer medoid of train) and mean-view baselines on the same objects."""
     out = {}
-    if "train" not in reader.splits:
-        warnings.warn("no train split: baselines skipped", stacklevel=2)
+    if "train" not in reader.splits or len(reader.splits["train"]) == 0:
+        out["note"] = "no train objects in this data set: baselines skipped"
+        warnings.warn(out["note"], stacklevel=2)
         return out
     train_gt = load_gt(reader, "train", gt_dense)
     tv = valid_gt_mask(train_gt)
+    if not tv.any():
+        out["note"] = "no train object with ground truth: baselines skipped"
+        warnings.warn(out["note"], stacklevel=2)
+        return out
     idx, cloud = chamfer_medoid(train_gt[tv])
     out["mean_shape"] = {
         **mean_shape_baseline(cloud, gt, valid_gt),

@@ -42,7 +42,7 @@ from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
 from dpc.eval.pose_report import pose_report
 from dpc.eval.pose_report import scalars as report_scalars
-from dpc.eval.predict import Predictions, predict_split
+from dpc.eval.predictions import Predictions, predict_split
 from dpc.losses import per_view_l2
 from dpc.render import build_renderer, final_sigma
 
@@ -73,9 +73,7 @@ def validate(
     sigma = float(v.sigma) if v.sigma is not None else final_sigma(cfg)
     # fixed views per object: those of "step" i of a dedicated sampler, object i
     views = min(int(v.views), reader.num_views)
-    sampler = build_batch_sampler(
-        cfg, reader, split, 1, views, int(cfg.seed) + 12345, with_targets=False
-    )
+    sampler = build_batch_sampler(cfg, reader, split, 1, views, int(cfg.seed) + 12345)
     n = min(int(v.num_objects), sampler.n)
     was_training = model.training
     model.eval()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from dpc.camera import with_flipped_candidates
@@ -59,10 +61,7 @@ class DPCModel(nn.Module):
         self.max_scale = max_scale
         self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
         if flip_candidates and not predict_pose:
-            raise ValueError(
-                "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
-                "predicted pose candidates; camera supervision has none)"
-            )
+            raise ValueError("flip_candidates needs predict_pose (it flips the pose candidates)")
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
@@ -115,9 +114,19 @@ class DPCModel(nn.Module):
         return ModelOutput(points, scale, colors, cands, student)
 
 
+# The networks' defaults: the config group's file, the one place they are written (also
+# for older runs' saved configs that lack a newer key).
+DEFAULTS = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/model/dpc.yaml")
+
+
+def model_group(cfg):
+    """The full config's ``model`` group over :data:`DEFAULTS` (every key present)."""
+    return OmegaConf.merge(DEFAULTS, cfg.model)
+
+
 def build_model(cfg) -> DPCModel:
     """Build the network from the full training config (``cfg.model``, ``cfg.data``)."""
-    m = cfg.model
+    m = model_group(cfg)
     return DPCModel(
         image_size=int(cfg.data.image_size),
         num_points=int(m.pc_num_points),
@@ -129,9 +138,9 @@ def build_model(cfg) -> DPCModel:
         num_candidates=int(m.pose_predict_num_candidates),
         student=bool(m.pose_predictor_student),
         points_init_std=float(m.pc_decoder_init_stddev),
-        learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
-        pose_code_activation=str(m.get("pose_code_activation", "leaky_relu")),
-        flip_candidates=bool(m.get("pose_flip_candidates", False)),
+        learn_scale=bool(m.pc_learn_occupancy_scaling),
+        pose_code_activation=str(m.pose_code_activation),
+        flip_candidates=bool(m.pose_flip_candidates),
     )
 
 
@@ -140,10 +149,16 @@ def candidate_count(cfg) -> int:
     :attr:`DPCModel.num_candidates` of :func:`build_model`'s model (the range of the
     winner index): 1 under camera supervision, else the heads' M, times 2 with
     ``model.pose_flip_candidates``."""
-    m = cfg.model
+    m = model_group(cfg)
+    flip = bool(m.pose_flip_candidates)
+    if flip and not m.predict_pose:
+        raise ValueError(
+            "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
+            "predicted pose candidates; camera supervision has none)"
+        )
     if not m.predict_pose:
         return 1
-    return int(m.pose_predict_num_candidates) * (2 if m.get("pose_flip_candidates", False) else 1)
+    return int(m.pose_predict_num_candidates) * (2 if flip else 1)
 
 
 def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dpc.cli import CONFIGS
 from dpc.data import open_training_data
 from dpc.eval.pose_report import wandb_histograms
 from dpc.eval.validate import scalars, validate, wandb_payload
 from dpc.losses import l2_weight_decay
-from dpc.training.checkpoint import unwrap
-from dpc.training.config import CONFIGS
+from dpc.runs import unwrap
 from dpc.training.logging import ProgressLine, RunLogger, format_eta
 from dpc.training.preview import training_preview
 from dpc.training.step import StepOutput
@@ -32,15 +32,6 @@ def check_loss_config(loss) -> None:
     for key, value in loss.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"loss.{key} must be >= 0, got {value}")
-
-
-def check_model_config(model) -> None:
-    """Clear errors for model settings that do not fit together."""
-    if model.get("pose_flip_candidates", False) and not model.predict_pose:
-        raise ValueError(
-            "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
-            "predicted pose candidates; camera supervision has none)"
-        )
 
 
 def open_data(cfg, is_main: bool, world: int):

@@ -107,6 +107,9 @@ class LossTerm:
     key: str | None = None  # cfg.loss key of the weight; None: weight 1, always on
     per_candidate: bool = True  # [b, K, M] into winner-takes-all; else a scalar after it
     renders: tuple[str, ...] = ()  # extra renderer outputs it reads: "depth", "color"
+    # extra batch maps it reads (dpc.data.build_batch_sampler's targets): "depth",
+    # "mask_distance", "mask_inner_distance", "full_res" (with loss.surface_full_res)
+    targets: tuple[str, ...] = ()
 
     def weight(self, cfg, step: int) -> float:
         """The term's weight at ``step`` (0 = off)."""
@@ -154,7 +157,7 @@ class Color(LossTerm):
 class Depth(LossTerm):
     """Expected-depth projection loss against the data set's depth maps."""
 
-    name, key, renders = "depth_loss", "depth_weight", ("depth",)
+    name, key, renders, targets = "depth_loss", "depth_weight", ("depth",), ("depth",)
 
     def __call__(self, ctx):
         G = ctx.render.depth.shape[-1]
@@ -165,7 +168,7 @@ class SilhouetteDistance(LossTerm):
     """Not in the paper: pulls points lying outside the silhouette back
     (:func:`dpc.losses.silhouette_distance`); off before ``loss.silhouette_distance_from_step``."""
 
-    name, key = "silhouette_distance", "silhouette_distance_weight"
+    name, key, targets = "silhouette_distance", "silhouette_distance_weight", ("mask_distance",)
 
     def weight(self, cfg, step):
         if step < int(cfg.loss.get("silhouette_distance_from_step", 0)):
@@ -183,7 +186,7 @@ class SurfaceDepth(LossTerm):
     """Not in the paper: pulls points onto the depth maps' visible surface; per cloud and
     candidate, the min over the object's K views (:func:`dpc.losses.surface_depth_loss`)."""
 
-    name, key = "surface_depth", "surface_depth_weight"
+    name, key, targets = "surface_depth", "surface_depth_weight", ("depth", "full_res")
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -204,7 +207,7 @@ class DepthCoverage(LossTerm):
     ``loss.depth_coverage_samples`` sampled surface pixels is pulled to it (the same pixels
     for every candidate; :func:`dpc.losses.depth_coverage`)."""
 
-    name, key = "depth_coverage", "depth_coverage_weight"
+    name, key, targets = "depth_coverage", "depth_coverage_weight", ("depth", "full_res")
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -226,7 +229,7 @@ class HullSurface(LossTerm):
     per cloud and candidate, the min over the object's K views
     (:func:`dpc.losses.hull_surface_loss`)."""
 
-    name, key = "hull_surface", "hull_surface_weight"
+    name, key, targets = "hull_surface", "hull_surface_weight", ("mask_inner_distance",)
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -277,3 +280,15 @@ def active_terms(ctx: StepContext, terms: list[LossTerm] | None = None):
             if w > 0:
                 out.append((t, w))
     return out
+
+
+def batch_targets(cfg, terms: list[LossTerm] | None = None) -> frozenset[str]:
+    """The extra batch maps the configured terms read (weight > 0 at some step), for
+    :func:`dpc.data.build_batch_sampler`."""
+    need = set()
+    for t in TERMS if terms is None else terms:
+        if t.key is None or float(cfg.loss.get(t.key, 0.0)) > 0:
+            need.update(t.targets)
+    if not cfg.loss.get("surface_full_res", False):
+        need.discard("full_res")
+    return frozenset(need)

@@ -95,7 +95,7 @@ def test_no_student_picks_candidate_by_reprojection():
     best matches the input mask (here, forced: candidate 1 is the GT pose)."""
     import pytest
 
-    from dpc.eval.predict import predict_split
+    from dpc.eval.predictions import predict_split
     from dpc.render import PointCloudRenderer, RenderSettings
 
     reader = synthetic_dataset({"val": 2}, num_views=2, image_size=16, num_points=300)

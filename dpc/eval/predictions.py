@@ -153,7 +153,7 @@ def predict_split(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=f"predict {split}", unit="batch")
+        it = tqdm(it, desc=f"predict {split}", unit="batch", disable=None)  # off when not a tty
     warned = False
     for s in it:
         ov = flat[s : s + batch_size]
