@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 CAMERA_DISTANCE = 2.0
@@ -273,42 +272,6 @@ def world_to_grid(
     if translation is not None:
         p = p + translation[:, None, :]
     return perspective_transform(p, camera_distance, focal_length)
-
-
-def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Resize masks ``[B, H, W]`` to the renderer's grid ``size`` (bilinear, corners aligned,
-    matching the pixel-centre convention above)."""
-    if isinstance(size, int):
-        size = (size, size)
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
-
-
-def mask_distance_maps(
-    mask: Tensor, size: int, threshold: float = 0.5, inside: bool = False
-) -> Tensor:
-    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output
-    (``inside=True``: from each silhouette pixel to the nearest background pixel).
-
-    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside (outside with
-    ``inside=True``). Computed at the mask's own resolution (so parts thinner than a cell
-    of the output still count as silhouette), then resized like the masks and rescaled to
-    output pixels. A view with an empty silhouette gets zeros (nothing to pull points
-    towards).
-    """
-    import numpy as np
-    from scipy.ndimage import distance_transform_edt
-
-    S = mask.shape[-1]
-    flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
-    out = np.zeros(flat.shape, dtype=np.float32)
-    for i, sil in enumerate(flat):
-        if sil.any():
-            # edt measures to the nearest zero: the background's zeros for inner distances
-            out[i] = distance_transform_edt(sil if inside else ~sil)
-    d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
-    return resize_masks(d, size).view(*mask.shape[:-2], size, size)
 
 
 def deg(x: Tensor | float) -> Tensor | float:

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dpc.losses import normalize_loss_config
 from dpc.models import DPCModel, build_model, candidate_count
 from dpc.render import RenderSettings, final_sigma
 
@@ -200,3 +199,43 @@ def resolve_run_dir(cfg) -> tuple[Path, Path | None]:
         return cands[-1], checkpoint_path(cands[-1])
     run_dir = Path(str(resume))
     return run_dir, find_checkpoint(run_dir)
+
+
+def normalize_loss_config(loss) -> None:
+    """Bring a ``loss`` config group (a training config's, or an older run's saved one) to
+    the current keys, in place; the one place the deprecated key is handled.
+
+    ``loss.pose_student_align_loss`` used to be the *weight* of the student loss (a
+    number, 20); the original calls that weight ``pose_predictor_student_loss_weight`` and
+    uses ``pose_student_align_loss`` as a true/false switch for :func:`student_align_loss`.
+    A number there is therefore the deprecated weight: it replaces
+    ``pose_predictor_student_loss_weight`` (with a ``DeprecationWarning`` and a logged
+    line) and the switch becomes false; a bool is the switch.
+    """
+    import logging
+    import warnings
+
+    from omegaconf import open_dict
+
+    old = loss.get("pose_student_align_loss", False)
+    with open_dict(loss):
+        if old is None or isinstance(old, bool):
+            loss.pose_student_align_loss = bool(old)
+        elif isinstance(old, (int, float)):
+            msg = (
+                f"loss.pose_student_align_loss={old} is the deprecated name of the student-loss "
+                f"weight: using loss.pose_predictor_student_loss_weight={old} (the original's "
+                "name) and loss.pose_student_align_loss=false (now the original's true/false "
+                "switch of the reference-point align loss)"
+            )
+            warnings.warn(msg, DeprecationWarning, stacklevel=2)
+            logging.getLogger("dpc").warning(msg)
+            loss.pose_predictor_student_loss_weight = float(old)
+            loss.pose_student_align_loss = False
+        else:
+            raise ValueError(
+                "loss.pose_student_align_loss must be true/false (or, deprecated, a number: "
+                f"the student-loss weight), got {old!r}"
+            )
+        if "pose_predictor_student_loss_weight" not in loss:
+            loss.pose_predictor_student_loss_weight = 20.0

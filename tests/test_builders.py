@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dpc.camera import resize_masks
 from dpc.data import BatchSampler, build_batch_sampler, prepare_images, prepare_masks
+from dpc.data.images import resize_masks
 from dpc.data.synthetic import synthetic_dataset
 from dpc.render import RenderSettings, build_renderer, final_sigma
 from dpc.training.terms import batch_targets

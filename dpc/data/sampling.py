@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dpc.camera import mask_distance_maps, resize_masks
-from dpc.data.images import prepare_images, prepare_masks
+from dpc.data.images import mask_distance_maps, prepare_images, prepare_masks, resize_masks
 
 
 def build_batch_sampler(
@@ -67,7 +66,7 @@ class BatchSampler:
         batch_size: global number of objects per step (split across DDP ranks).
         views_per_item: K views per object (<= the dataset's views).
         image_size: network input size (images resized with antialiased bilinear).
-        mask_size: renderer grid G (masks resized with :func:`dpc.camera.resize_masks`).
+        mask_size: renderer grid G (masks resized with :func:`dpc.data.images.resize_masks`).
         seed: base seed.
         rank, world_size: this process takes objects ``[rank*B/W, (rank+1)*B/W)``.
     """
@@ -147,7 +146,7 @@ class BatchSampler:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
         ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
         and ``mask_inner_distance [b, K, G, G]`` (if asked; see
-        :func:`dpc.camera.mask_distance_maps`), ``depth_full`` / ``mask_full``
+        :func:`dpc.data.images.mask_distance_maps`), ``depth_full`` / ``mask_full``
         ``[b, K, S, S]`` at the data set's resolution (if asked), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)

@@ -227,12 +227,8 @@ class LoadedRun:
     @torch.no_grad()
     def predict_full(self, images) -> Prediction:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
-        from dpc.camera import (
-            quat_conj,
-            quat_mul,
-            quat_rotate,
-            resize_masks,
-        )
+        from dpc.camera import quat_conj, quat_mul, quat_rotate
+        from dpc.data.images import resize_masks
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
@@ -289,7 +285,8 @@ class LoadedRun:
         """Per cloud ``[B, N, 3]``, the upright camera (:data:`FIT_AZIMUTHS` x
         :data:`FIT_ELEVATIONS`, :func:`dpc.camera.view_quat`) whose rendered silhouette is
         closest (L2) to the foreground mask ``fg [B, S, S]``. Returns ``[B, 4]``."""
-        from dpc.camera import resize_masks, view_quat
+        from dpc.camera import view_quat
+        from dpc.data.images import resize_masks
 
         az, el = torch.meshgrid(
             torch.deg2rad(torch.tensor(FIT_AZIMUTHS)),

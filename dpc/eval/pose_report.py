@@ -227,7 +227,7 @@ def pose_report(
         fit_subset, eval_subset: descriptions recorded in the report (e.g. ``"val[:16]"``).
         warn: emit :class:`AlignmentAmbiguityWarning` for each entry of ``warnings``.
         keep_errors: also keep the per-view errors (``errors_deg``, 0.1 degree) under
-            ``paper`` / ``robust`` (for :func:`wandb_histograms`).
+            ``paper`` / ``robust`` (for :func:`dpc.training.logging.wandb_histograms`).
         robust_kw: settings of :func:`robust_alignment`.
 
     Returns:
@@ -341,21 +341,6 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     if "paper_vs_robust_deg" in rep:
         out["alignment_paper_vs_robust_deg"] = rep["paper_vs_robust_deg"]
     return {prefix + k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
-
-
-def wandb_histograms(rep: dict, wandb_module=None, prefix: str = "val/") -> dict:
-    """``{prefix}pose_error_deg_<paper|robust>``: ``wandb.Histogram`` (5 degree bins over
-    0-180) of the per-view pose errors of a report made with ``keep_errors=True``; front/back
-    flips show up as a second peak near 180."""
-    if wandb_module is None:
-        import wandb as wandb_module
-    out = {}
-    for name in ("paper", "robust"):
-        e = rep.get(name, {}).get("errors_deg")
-        if e:
-            hist = np.histogram(np.asarray(e), bins=36, range=(0.0, 180.0))
-            out[f"{prefix}pose_error_deg_{name}"] = wandb_module.Histogram(np_histogram=hist)
-    return out
 
 
 def attach_fit_poses(al: AlignmentResult, q_pred, q_gt, subset: str) -> AlignmentResult:

@@ -24,8 +24,8 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
 
 Also returned: ``clouds`` ``[c, N, 3]`` (first view of the first objects, in the
 ground-truth frame when aligned) and ``gt_clouds`` ``[c, P, 3]``, for
-:func:`wandb_payload`. Costs on 2 CPU cores (16 objects x 5 views, 8000 points): seconds;
-ICP for pose-predicting runs adds about 1-3 s.
+:func:`dpc.training.logging.wandb_payload`. Costs on 2 CPU cores (16 objects x 5 views,
+8000 points): seconds; ICP for pose-predicting runs adds about 1-3 s.
 """
 
 from __future__ import annotations
@@ -216,23 +216,3 @@ def scalars(result: dict) -> dict[str, float]:
     return {k: float(x) for k, x in result.items() if isinstance(x, (int, float))}
 
 
-def wandb_payload(
-    result: dict, wandb_module=None, max_points: int = 4000, prefix: str = "val"
-) -> dict:
-    """:func:`validate`'s result as a ``wandb.log`` dict: the scalars as ``<prefix>/<name>``
-    and each returned cloud as ``<prefix>/cloud_<i>`` ``wandb.Object3D`` (prediction in
-    red next to the GT in grey, shifted by +1 along x), subsampled to ``max_points``."""
-    if wandb_module is None:
-        import wandb as wandb_module
-    out = {f"{prefix}/{k}": x for k, x in scalars(result).items()}
-    rng = np.random.default_rng(0)
-    for i, cloud in enumerate(result.get("clouds", [])):
-        gt = result["gt_clouds"][i]
-        sel = lambda a: a[rng.choice(len(a), min(len(a), max_points), replace=False)]  # noqa: E731
-        p, g = sel(cloud), sel(gt) + np.array([1.0, 0.0, 0.0], np.float32)
-        rgb = np.concatenate(
-            [np.tile([230, 60, 50], (len(p), 1)), np.tile([150, 150, 150], (len(g), 1))]
-        )
-        pts = np.concatenate([np.concatenate([p, g]), rgb], 1)
-        out[f"{prefix}/cloud_{i}"] = wandb_module.Object3D(pts)
-    return out

@@ -124,24 +124,28 @@ def model_group(cfg):
     return OmegaConf.merge(DEFAULTS, cfg.model)
 
 
+# DPCModel argument -> its key in the config's model group
+CONFIG_KEYS = {
+    "num_points": "pc_num_points",
+    "base_channels": "encoder_base_channels",
+    "fc_dim": "fc_dim",
+    "rgb": "pc_rgb",
+    "max_scale": "pc_occupancy_scaling_maximum",
+    "predict_pose": "predict_pose",
+    "num_candidates": "pose_predict_num_candidates",
+    "student": "pose_predictor_student",
+    "points_init_std": "pc_decoder_init_stddev",
+    "learn_scale": "pc_learn_occupancy_scaling",
+    "pose_code_activation": "pose_code_activation",
+    "flip_candidates": "pose_flip_candidates",
+}
+
+
 def build_model(cfg) -> DPCModel:
     """Build the network from the full training config (``cfg.model``, ``cfg.data``)."""
     m = model_group(cfg)
-    return DPCModel(
-        image_size=int(cfg.data.image_size),
-        num_points=int(m.pc_num_points),
-        base_channels=int(m.encoder_base_channels),
-        fc_dim=int(m.fc_dim),
-        rgb=bool(m.pc_rgb),
-        max_scale=float(m.pc_occupancy_scaling_maximum),
-        predict_pose=bool(m.predict_pose),
-        num_candidates=int(m.pose_predict_num_candidates),
-        student=bool(m.pose_predictor_student),
-        points_init_std=float(m.pc_decoder_init_stddev),
-        learn_scale=bool(m.pc_learn_occupancy_scaling),
-        pose_code_activation=str(m.pose_code_activation),
-        flip_candidates=bool(m.pose_flip_candidates),
-    )
+    args = {arg: m[key] for arg, key in CONFIG_KEYS.items()}
+    return DPCModel(image_size=int(cfg.data.image_size), **args)
 
 
 def candidate_count(cfg) -> int:

@@ -29,29 +29,6 @@ def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
-def draw_points(
-    points: np.ndarray, size: int = 128, view: str = "side", colors: np.ndarray | None = None
-) -> np.ndarray:
-    """Orthographic drawing of ``points`` ``[N, 3]`` (object frame, y up) as uint8
-    ``[size, size, 3]``; ``view`` in side (looking along -z), front (along x), top (along
-    -y). Points are shaded by depth (near = dark) unless ``colors`` ``[N, 3]`` are given."""
-    axes = {"side": (0, 1, 2), "front": (2, 1, 0), "top": (0, 2, 1)}[view]
-    u, v, d = points[:, axes[0]], points[:, axes[1]], points[:, axes[2]]
-    if view == "top":
-        v = -v
-    px = np.clip(((u + 0.5) * (size - 1)).round().astype(int), 0, size - 1)
-    py = np.clip(((0.5 - v) * (size - 1)).round().astype(int), 0, size - 1)
-    order = np.argsort(-d)  # far first, near drawn last
-    img = np.full((size, size, 3), 255, np.uint8)
-    if colors is None:
-        shade = (40 + 160 * (d - d.min()) / max(np.ptp(d), 1e-6)).astype(np.uint8)
-        col = np.stack([shade, shade, np.full_like(shade, 220)], -1)
-    else:
-        col = (np.clip(colors, 0, 1) * 255).astype(np.uint8)
-    img[py[order], px[order]] = col[order]
-    return img
-
-
 def panel(
     rows: list[list[np.ndarray]], cell: int = 128, labels: list[str] | None = None
 ) -> Image.Image:
@@ -153,8 +130,8 @@ def preview_run(
     device: str = "cpu",
 ) -> Path:
     """Write the preview PNG of a run (default ``<run_dir>/preview.png``); returns its path."""
-    from dpc.camera import resize_masks
     from dpc.data import build_batch_sampler, open_training_data, prepare_images
+    from dpc.data.images import resize_masks
     from dpc.render import PointCloudRenderer
     from dpc.runs import open_run
 

@@ -16,9 +16,9 @@ from omegaconf import open_dict
 
 from dpc.cli import run_command
 from dpc.data import batch_iterator, build_batch_sampler, open_training_data
-from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
+from dpc.runs import normalize_loss_config
 from dpc.training.optim import build_optimizer
 from dpc.training.step import compute_step
 from dpc.training.terms import batch_targets

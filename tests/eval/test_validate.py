@@ -6,8 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from dpc.data import synthetic_dataset
-from dpc.eval.validate import validate, wandb_payload
+from dpc.eval.validate import validate
 from dpc.models import DPCModel, ModelOutput
+from dpc.training.logging import wandb_payload
 
 
 def _cfg(num_objects: int, predict_pose: bool, size: int = 16):

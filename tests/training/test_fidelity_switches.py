@@ -12,15 +12,11 @@ from train_testutils import TINY, compose_cfg
 
 import kernels
 from dpc.camera import quat_from_axis_angle, quat_rotate, random_quat
-from dpc.losses import (
-    align_reference_points,
-    normalize_loss_config,
-    student_align_loss,
-    student_loss,
-)
+from dpc.losses import align_reference_points, student_align_loss, student_loss
 from dpc.models import build_model
 from dpc.models.encoder import ImageEncoder
 from dpc.render import PointCloudRenderer, RenderSettings
+from dpc.runs import normalize_loss_config
 from dpc.training.step import compute_step, dropout_indices
 from kernels.reference import (
     blur3d_ref,

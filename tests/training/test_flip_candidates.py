@@ -14,7 +14,6 @@ from train_testutils import TINY, compose_cfg
 from dpc.camera import (
     camera_position,
     flip_about_image_up,
-    mask_distance_maps,
     quat_angle,
     quat_from_axis_angle,
     quat_mul,
@@ -23,12 +22,14 @@ from dpc.camera import (
     with_flipped_candidates,
 )
 from dpc.data import synthetic_dataset
+from dpc.data.images import mask_distance_maps
 from dpc.eval.predictions import predict_split
 from dpc.eval.validate import validate
-from dpc.losses import normalize_loss_config, student_loss
+from dpc.losses import student_loss
 from dpc.models import build_model, candidate_count
 from dpc.models.model import ModelOutput
 from dpc.render import PointCloudRenderer, RenderSettings
+from dpc.runs import normalize_loss_config
 from dpc.train import train
 from dpc.training.step import compute_step
 

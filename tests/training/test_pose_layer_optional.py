@@ -7,9 +7,9 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
-from dpc.losses import l2_weight_decay
 from dpc.models import DPCModel, ImageEncoder, upgrade_legacy_checkpoint
 from dpc.runs import load_checkpoint, open_run, save_checkpoint
+from dpc.training.optim import l2_weight_decay
 
 SMALL = dict(image_size=32, num_points=50, base_channels=4, fc_dim=64)
 

@@ -4,7 +4,7 @@ loss.hull_surface_weight; not in the paper): known answers, gradients, a trainin
 import pytest
 import torch
 
-from dpc.camera import mask_distance_maps
+from dpc.data.images import mask_distance_maps
 from dpc.losses import depth_coverage, depth_surface_samples, hull_surface_loss
 
 
