@@ -1,4 +1,4 @@
-"""Quaternions, camera poses and the perspective transform (SPEC section 3).
+"""Quaternions, camera poses and the perspective transform (docs/METHOD.md, section 3).
 
 Conventions (stated once, used everywhere in the project):
 

@@ -3,7 +3,7 @@
 Writes into ``<run_dir>/eval/<split>/`` (or ``out=``):
   predictions.npz                 points [n_obj, V, N, 3] (float16), scale, poses per view
   ply/<object_id>_v<k>.ply        predicted clouds (model frame; ``ply_views`` per object)
-  chamfer_pred_<split>.txt        "precision coverage" x100 (SPEC section 6)
+  chamfer_pred_<split>.txt        "precision coverage" x100 (docs/METHOD.md, section 6)
   pose_error_pred_<split>.txt     "accuracy median_deg" (runs that predict poses)
   metrics_<split>.json            the same, per object, baselines, skipped views, settings
 and, for runs that predict poses, ``<run_dir>/eval/alignment.json`` (global rotation,

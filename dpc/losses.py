@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 4).
+"""Training losses (docs/METHOD.md, section 4).
 
 Dimension letters: B objects, K views per object, M pose candidates, G renderer grid.
 All per-view losses follow the original's ``tf.nn.l2_loss`` convention: half the sum of

@@ -7,7 +7,7 @@ Layout (``<src>`` is the release's data folder)::
     gt/downsampled/<synset>/<model>.mat        points (N x 3), object frame
     splits/<synset>_<split>.txt                model ids, one per line (split = train/val/test)
 
-Camera conversion (SPEC section 1): the view quaternion depends on the Blender camera
+Camera conversion (docs/METHOD.md, section 1): the view quaternion depends on the Blender camera
 position only. :func:`blender_pos_to_quat` implements the original's yaw/pitch formula;
 geometrically the camera sits at (X, Z, -Y) in the object frame (y up), looking at the
 origin with +y up, i.e. ``look_at_quat((X, Z, -Y))`` (tested). The project's projection
@@ -251,7 +251,7 @@ def import_original(
         "renderer": {"engine": "original release renders (Blender)", "camera_distance": 2.0,
                      "focal_length": 1.875,
                      "quaternion_convention": "(w, x, y, z), object -> camera (depth, up, right)",
-                     "camera_conversion": "SPEC section 1 yaw/pitch formula from pos"},
+                     "camera_conversion": "docs/METHOD.md, section 1 yaw/pitch formula from pos"},
         "gt_sampling": "gt_points and gt_dense resampled from gt/downsampled points "
                        "(with replacement when too few)",
         "checksums": checksums, "build_seconds": round(time.time() - t0, 1),

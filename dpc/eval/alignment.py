@@ -1,4 +1,5 @@
-"""Global alignment of an unsupervised model's frame to the ground-truth frame (SPEC 6).
+"""Global alignment of an unsupervised model's frame to the ground-truth frame
+(docs/METHOD.md, section 6).
 
 For each validation view the rotation ``q_gt^-1 q_pred`` (see :mod:`dpc.eval.metrics`)
 initialises point-to-point ICP (open3d, threshold 0.2) of the predicted cloud onto the

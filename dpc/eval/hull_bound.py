@@ -2,7 +2,7 @@
 
 Silhouettes constrain the object's visual hull, not where inside it the points sit: a
 cloud that fills the object's volume renders the same silhouettes as one on its surface.
-The ground truth (SPEC section 6) is a surface sample, so volume points cost precision.
+The ground truth (docs/METHOD.md, section 6) is a surface sample, so volume points cost precision.
 This scores, against the dataset's own ground truth, two ideal predictions made from the
 true mesh of each object (procedural categories, whose meshes can be regenerated):
 

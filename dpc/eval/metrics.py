@@ -1,4 +1,4 @@
-"""Shape and pose metrics (SPEC section 6).
+"""Shape and pose metrics (docs/METHOD.md, section 6).
 
 Frames and quaternions (docs/CONTRACTS.md): a camera quaternion maps object-frame points
 to the camera frame. An unsupervised model predicts a shape ``P_pred`` in a frame of its

@@ -1,6 +1,7 @@
 """Pose accuracy under two global alignments, front/back flips, and the alignment's ambiguity.
 
-The paper's protocol (SPEC section 6, :func:`dpc.eval.alignment.estimate_global_alignment`:
+The paper's protocol (docs/METHOD.md, section 6;
+:func:`dpc.eval.alignment.estimate_global_alignment`:
 ICP per view, keep the lowest-RMSE views, Markley average) is kept as *the* published
 figure. On near-symmetric objects (cars: nearly symmetric front to back) a model's
 per-view poses are often a mix of correct and front/back-flipped views; the per-view
@@ -222,8 +223,8 @@ def pose_report(
         q_pred_eval, q_gt_eval: ``[..., 4]`` poses scored (e.g. test; may be the fit views).
         paper_alignment: the paper's alignment (an :class:`AlignmentResult` or a quaternion
             [4]); if None and ``fit_points [n_obj, V, N, 3]`` / ``fit_gt_points
-            [n_obj, P, 3]`` are given it is estimated here (ICP + Markley, SPEC 6); else the
-            paper figures are left out.
+            [n_obj, P, 3]`` are given it is estimated here (ICP + Markley, docs/METHOD.md
+            6); else the paper figures are left out.
         fit_subset, eval_subset: descriptions recorded in the report (e.g. ``"val[:16]"``).
         warn: emit :class:`AlignmentAmbiguityWarning` for each entry of ``warnings``.
         keep_errors: also keep the per-view errors (``errors_deg``, 0.1 degree) under

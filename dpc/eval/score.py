@@ -1,4 +1,4 @@
-"""Scoring a split's predictions (SPEC section 6): shape and pose metrics per object and
+"""Scoring a split's predictions (docs/METHOD.md, section 6): shape and pose metrics per object and
 view with skipped views counted, and the mean-shape / mean-view baselines."""
 
 from __future__ import annotations

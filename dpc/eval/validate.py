@@ -11,7 +11,7 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
   ``model.pose_flip_candidates`` their flips included).
 * unless ``val.eval_metrics=false``, the evaluation metrics from a cloud (and pose)
   predicted from every view (docs/CONTRACTS.md, "Evaluation"): ``precision``,
-  ``coverage``, ``chamfer`` (x100, SPEC section 6), ``num_views`` (``nan_views`` when some
+  ``coverage``, ``chamfer`` (x100, docs/METHOD.md 6), ``num_views`` (``nan_views`` when some
   were skipped), and for pose-predicting runs ``pose_accuracy`` (fraction < 30 degrees),
   ``pose_median_deg`` and ``alignment_deg`` (angle of the global alignment rotation, for
   watching the frame drift). Unless an ``alignment`` is given, it is *fitted on the same

@@ -1,4 +1,4 @@
-"""The differentiable point-cloud renderer (SPEC section 3).
+"""The differentiable point-cloud renderer (docs/METHOD.md, section 3).
 
 transform -> splat -> clip -> blur -> occupancy scale -> clip -> projection.
 """

@@ -1,4 +1,4 @@
-"""The optimiser of a training config (SPEC section 5)."""
+"""The optimiser of a training config (docs/METHOD.md, section 5)."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ class LossTerm:
 
 
 class Projection(LossTerm):
-    """Silhouette projection loss (SPEC 4): per view, half the summed squared difference
+    """Silhouette projection loss (docs/METHOD.md 4): per view, half the summed squared difference
     between the rendered and the target silhouette."""
 
     name = "projection_loss"
@@ -240,8 +240,9 @@ class HullSurface(LossTerm):
 
 
 class Student(LossTerm):
-    """The student pose head pulled to each view's winning candidate (SPEC 4): ``1 - w^2``,
-    or the original's reference-point alignment with ``loss.pose_student_align_loss``."""
+    """The student pose head pulled to each view's winning candidate (docs/METHOD.md 4):
+    ``1 - w^2``, or the original's reference-point alignment with
+    ``loss.pose_student_align_loss``."""
 
     name, key, per_candidate = "student_loss", "pose_predictor_student_loss_weight", False
 
