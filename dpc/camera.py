@@ -20,6 +20,7 @@ Conventions (stated once, used everywhere in the project):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -237,12 +238,21 @@ def perspective_transform(
 def _fast_cpu(points: Tensor, translation: Tensor | None) -> bool:
     """Whether :func:`world_to_grid` can take the numba CPU path: CPU float32/float64
     tensors of one dtype, numba installed, not under torch.compile tracing."""
-    from kernels.cpu._jit import HAVE_NUMBA
-
     ok = points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64)
     if translation is not None:
         ok = ok and translation.device.type == "cpu" and translation.dtype == points.dtype
-    return ok and HAVE_NUMBA and not torch.compiler.is_compiling()
+    return ok and _have_numba() and not torch.compiler.is_compiling()
+
+
+@functools.cache
+def _have_numba() -> bool:
+    """Whether numba imports (kernels.cpu's numba path; without it that path would run as
+    plain Python)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or a numba that does not match the installed numpy
+        return False
+    return True
 
 
 def world_to_grid(

@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from dpc.camera import deg, quat_angle, quat_conj, quat_mul, quat_normalize
-from kernels.chamfer import chamfer_distance
+from kernels import chamfer_distance
 
 
 def shape_metrics(

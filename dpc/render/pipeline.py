@@ -5,6 +5,7 @@ transform -> splat -> clip -> blur -> occupancy scale -> clip -> projection.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -16,7 +17,6 @@ from torch import Tensor, nn
 
 import kernels
 from dpc.camera import CAMERA_DISTANCE, FOCAL_LENGTH, world_to_grid
-from kernels._utils import check_kernel, check_scale, check_tensor
 
 # The renderer's defaults: the config group's file, the one place they are written (the
 # fields below and the settings of older runs' saved configs that lack a newer key).
@@ -159,13 +159,38 @@ def dropout_indices(
     return scores.argsort(dim=-1)[..., :n_keep]
 
 
+def _check_inputs(points: Tensor, quat: Tensor, scale: Tensor | None, colors: Tensor | None):
+    """Clear errors for inputs of the wrong shape or dtype (shapes only, no values)."""
+    B = points.shape[0] if isinstance(points, Tensor) else -1
+    want = {"points": (points, (B, None, 3)), "quat": (quat, (B, 4))}
+    if scale is not None:
+        want["scale"] = (scale, (B,))
+    if colors is not None:
+        want["colors"] = (colors, (B, points.shape[1], None))
+    for name, (x, shape) in want.items():
+        ok = isinstance(x, Tensor) and x.is_floating_point() and x.dim() == len(shape)
+        if not ok or any(n is not None and n != m for n, m in zip(shape, x.shape)):
+            text = ", ".join("?" if n is None else str(n) for n in shape)
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a floating tensor [{text}], got {got}")
+
+
+def _check_blur(sigma: float, kernel_size: int) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+    if not math.isfinite(float(sigma)) or float(sigma) <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+
+
 class PointCloudRenderer(nn.Module):
     """Renders point clouds seen by cameras into silhouettes (and depth, colour)."""
 
     def __init__(self, settings: RenderSettings | None = None, **overrides):
         super().__init__()
         self.settings = settings or RenderSettings(**overrides)
-        check_kernel(1.0, self.settings.kernel_size)
+        _check_blur(1.0, self.settings.kernel_size)
 
     def forward(
         self,
@@ -185,21 +210,8 @@ class PointCloudRenderer(nn.Module):
         # (a sync per step that also blocks CUDA-graph capture). Non-finite inputs
         # surface as NaN images (`poison` below), hence a non-finite loss, which the
         # training loop checks (dpc.train).
-        check_tensor("points", points, ndim=3, last=3)
-        check_tensor("quat", quat, ndim=2, last=4)
-        if quat.shape[0] != points.shape[0]:
-            raise ValueError(
-                f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}"
-            )
-        check_scale(scale, points.shape[0])
-        if colors is not None:
-            check_tensor("colors", colors, ndim=3)
-            if colors.shape[:2] != points.shape[:2]:
-                raise ValueError(
-                    f"colors must be [B, N, C] matching points {tuple(points.shape[:2])}, "
-                    f"got {tuple(colors.shape)}"
-                )
-        check_kernel(sigma, s.kernel_size)
+        _check_inputs(points, quat, scale, colors)
+        _check_blur(sigma, s.kernel_size)
         # 0 * inf = NaN: a view whose points or pose are not finite gets NaN images (the
         # splat would drop NaN points silently), so the training loop's non-finite-loss
         # check sees it, without a host sync here. O(N) per view.
