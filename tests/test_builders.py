@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from dpc.cli import CONFIGS
 from dpc.data import BatchSampler, build_batch_sampler, prepare_images, prepare_masks
 from dpc.data.images import resize_masks
 from dpc.data.synthetic import synthetic_dataset
@@ -63,6 +64,9 @@ def test_prepare_masks_matches_resize_masks():
         prepare_masks(m[None], 9)
 
 
+LOSS_DEFAULTS = OmegaConf.to_container(OmegaConf.load(CONFIGS / "train.yaml").loss)
+
+
 def test_batch_sampler_from_cfg():
     reader = synthetic_dataset({"train": 6, "val": 2}, num_views=3, image_size=16, num_points=100)
     cfg = OmegaConf.create(
@@ -71,7 +75,8 @@ def test_batch_sampler_from_cfg():
             "data": {"split": "train", "views_per_item": 2, "image_size": 12},
             "render": {"vox_size": 8},
             "trainer": {"batch_size": 4},
-            "loss": {"depth_weight": 0.0, "silhouette_distance_weight": 1.0},
+            # the training config's loss group (every term's weight) with one term on
+            "loss": {**LOSS_DEFAULTS, "depth_weight": 0.0, "silhouette_distance_weight": 1.0},
         }
     )
     s = build_batch_sampler(cfg, reader, targets=batch_targets(cfg))

@@ -76,7 +76,7 @@ def render_candidates(
     """Render every object's cloud (after point dropout) under each of its views' M
     candidate poses: ``[R, ...]``."""
     cfg, (b, K, M) = ctx.cfg, ctx.shape
-    per_view = bool(cfg.render.get("pc_point_dropout_per_view", False))
+    per_view = bool(cfg.render.pc_point_dropout_per_view)
     idx = dropout_indices(
         ctx.step, cfg.seed, int(cfg.trainer.batch_size), rank_slice, ctx.points.shape[1],
         keep, ctx.points.device, views=K * M if per_view else None,

@@ -113,7 +113,7 @@ class LossTerm:
 
     def weight(self, cfg, step: int) -> float:
         """The term's weight at ``step`` (0 = off)."""
-        return 1.0 if self.key is None else float(cfg.loss.get(self.key, 0.0))
+        return 1.0 if self.key is None else float(cfg.loss[self.key])
 
     def applies(self, ctx: StepContext) -> bool:
         """Whether the term exists for this model at all (e.g. the student needs pose
@@ -171,7 +171,7 @@ class SilhouetteDistance(LossTerm):
     name, key, targets = "silhouette_distance", "silhouette_distance_weight", ("mask_distance",)
 
     def weight(self, cfg, step):
-        if step < int(cfg.loss.get("silhouette_distance_from_step", 0)):
+        if step < int(cfg.loss.silhouette_distance_from_step):
             return 0.0  # e.g. off until unsupervised poses have settled
         return super().weight(cfg, step)
 
@@ -213,7 +213,7 @@ class DepthCoverage(LossTerm):
         b, K, M = ctx.shape
         depth, mask = ctx.surface_maps
         g = torch.Generator().manual_seed(int(ctx.cfg.seed) * 1_000_003 + int(ctx.step) + 7)
-        num = int(ctx.cfg.loss.get("depth_coverage_samples", 256))
+        num = int(ctx.cfg.loss.depth_coverage_samples)
         q, ok = depth_surface_samples(
             depth.flatten(0, 1), mask.flatten(0, 1), ctx.camera_distance, num, g
         )
@@ -253,7 +253,7 @@ class Student(LossTerm):
         b, K, _ = ctx.shape
         teacher = ctx.quats.gather(2, ctx.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
         student = ctx.out.pose_student.float().view(b, K, 4)
-        if ctx.cfg.loss.get("pose_student_align_loss", False) is True:  # the original's form
+        if ctx.cfg.loss.pose_student_align_loss is True:  # the original's form
             ref = align_reference_points(device=student.device)
             return student_align_loss(student, teacher, ref)
         return student_loss(student, teacher)
@@ -288,8 +288,8 @@ def batch_targets(cfg, terms: list[LossTerm] | None = None) -> frozenset[str]:
     :func:`dpc.data.build_batch_sampler`."""
     need = set()
     for t in TERMS if terms is None else terms:
-        if t.key is None or float(cfg.loss.get(t.key, 0.0)) > 0:
+        if t.key is None or float(cfg.loss[t.key]) > 0:
             need.update(t.targets)
-    if not cfg.loss.get("surface_full_res", False):
+    if not cfg.loss.surface_full_res:
         need.discard("full_res")
     return frozenset(need)
