@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from dpc.cli import compose_options, run_command
+from dpc.cli import run_command
 from dpc.data import dataset_key, open_run_data
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import FAR_DISTANCE, TRIM_KEEP, aligned_pose
@@ -115,12 +115,6 @@ def get_alignment(
     al.save(path)
     print(f"saved global alignment to {path} (quat {np.round(al.quat, 4).tolist()})")
     return al
-
-
-def evaluate(**options) -> dict:
-    """Python entry point: :func:`run` with ``options`` (the names of
-    ``configs/eval.yaml``) replacing the defaults."""
-    return run(compose_options("eval", **options))
 
 
 def run(opts: DictConfig) -> dict:

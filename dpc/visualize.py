@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from dpc.cli import compose_options, run_command
+from dpc.cli import run_command
 from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
@@ -73,12 +73,6 @@ def write_html(path: Path, pred: np.ndarray, gt: np.ndarray | None, title: str) 
     )
     fig.write_html(str(path), include_plotlyjs="directory")
     return path
-
-
-def visualize(**options) -> list[Path]:
-    """Python entry point: :func:`run` with ``options`` (the names of
-    ``configs/visualize.yaml``) replacing the defaults."""
-    return run(compose_options("visualize", **options))
 
 
 @torch.no_grad()

@@ -11,12 +11,18 @@ import pytest
 import torch
 
 from dpc.camera import quat_conj, quat_from_axis_angle, quat_mul, quat_rotate, random_quat
+from dpc.cli import compose_options
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.predictions import Predictions, write_ply
 from dpc.eval.score import score
-from dpc.evaluate import evaluate
+from dpc.evaluate import run as run_evaluation
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def evaluate(**options) -> dict:
+    """dpc.evaluate with ``options`` (configs/eval.yaml's names) over the defaults."""
+    return run_evaluation(compose_options("eval", **options))
 
 
 def _scene(n_obj=3, V=4, N=800, seed=0):
@@ -247,10 +253,10 @@ def test_visualize_cli(tiny_run):
     im = Image.open(out / "obj0001.png")
     assert im.size[0] >= 4 * 64 and im.size[1] >= 3 * 64
     assert (out / "obj0001.html").exists()
-    from dpc.visualize import visualize
+    from dpc.visualize import run as write_pictures
 
     with pytest.raises(ValueError, match="out of range"):
-        visualize(run_dir=str(tiny_run), objects=[99], out=str(out))
+        write_pictures(compose_options("visualize", run_dir=str(tiny_run), objects=[99]))
 
 
 def test_run_dir_without_checkpoint(tmp_path):
