@@ -1,4 +1,4 @@
-"""Quaternions, camera poses and the perspective transform (SPEC section 3).
+"""Quaternions, camera poses and the perspective transform (docs/METHOD.md, section 3).
 
 Conventions (stated once, used everywhere in the project):
 
@@ -20,10 +20,10 @@ Conventions (stated once, used everywhere in the project):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 CAMERA_DISTANCE = 2.0
@@ -264,12 +264,21 @@ def perspective_transform(
 def _fast_cpu(points: Tensor, translation: Tensor | None) -> bool:
     """Whether :func:`world_to_grid` can take the numba CPU path: CPU float32/float64
     tensors of one dtype, numba installed, not under torch.compile tracing."""
-    from kernels.cpu._jit import HAVE_NUMBA
-
     ok = points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64)
     if translation is not None:
         ok = ok and translation.device.type == "cpu" and translation.dtype == points.dtype
-    return ok and HAVE_NUMBA and not torch.compiler.is_compiling()
+    return ok and _have_numba() and not torch.compiler.is_compiling()
+
+
+@functools.cache
+def _have_numba() -> bool:
+    """Whether numba imports (kernels.cpu's numba path; without it that path would run as
+    plain Python)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or a numba that does not match the installed numpy
+        return False
+    return True
 
 
 def world_to_grid(
@@ -299,42 +308,6 @@ def world_to_grid(
     if translation is not None:
         p = p + translation[:, None, :]
     return perspective_transform(p, camera_distance, focal_length)
-
-
-def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Resize masks ``[B, H, W]`` to the renderer's grid ``size`` (bilinear, corners aligned,
-    matching the pixel-centre convention above)."""
-    if isinstance(size, int):
-        size = (size, size)
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
-
-
-def mask_distance_maps(
-    mask: Tensor, size: int, threshold: float = 0.5, inside: bool = False
-) -> Tensor:
-    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output
-    (``inside=True``: from each silhouette pixel to the nearest background pixel).
-
-    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside (outside with
-    ``inside=True``). Computed at the mask's own resolution (so parts thinner than a cell
-    of the output still count as silhouette), then resized like the masks and rescaled to
-    output pixels. A view with an empty silhouette gets zeros (nothing to pull points
-    towards).
-    """
-    import numpy as np
-    from scipy.ndimage import distance_transform_edt
-
-    S = mask.shape[-1]
-    flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
-    out = np.zeros(flat.shape, dtype=np.float32)
-    for i, sil in enumerate(flat):
-        if sil.any():
-            # edt measures to the nearest zero: the background's zeros for inner distances
-            out[i] = distance_transform_edt(sil if inside else ~sil)
-    d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
-    return resize_masks(d, size).view(*mask.shape[:-2], size, size)
 
 
 def deg(x: Tensor | float) -> Tensor | float:

@@ -3,7 +3,7 @@
 Writes into ``<run_dir>/eval/<split>/`` (or ``out=``):
   predictions.npz                 points [n_obj, V, N, 3] (float16), scale, poses per view
   ply/<object_id>_v<k>.ply        predicted clouds (model frame; ``ply_views`` per object)
-  chamfer_pred_<split>.txt        "precision coverage" x100 (SPEC section 6)
+  chamfer_pred_<split>.txt        "precision coverage" x100 (docs/METHOD.md, section 6)
   pose_error_pred_<split>.txt     "accuracy median_deg" (runs that predict poses)
   metrics_<split>.json            the same, per object, baselines, skipped views, settings
 and, for runs that predict poses, ``<run_dir>/eval/alignment.json`` (global rotation,
@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from dpc.cli import run_command
 from dpc.data import dataset_key, open_run_data
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import FAR_DISTANCE, TRIM_KEEP, aligned_pose
 from dpc.eval.pose_report import attach_fit_poses, report_for_alignment, summary_lines
-from dpc.eval.predict import Predictions, predict_split, write_ply
+from dpc.eval.predictions import Predictions, predict_split, write_ply
 from dpc.eval.score import baselines, load_gt, score, valid_gt_mask
 from dpc.render import build_renderer, final_sigma
-from dpc.training.checkpoint import find_checkpoint, load_checkpoint, load_run
-from dpc.training.config import compose_options, run_command
+from dpc.runs import ALIGNMENT, open_run
 from dpc.training.distributed import resolve_device
 
 
@@ -50,12 +50,30 @@ def _predict(model, cfg, reader, split: str, device, opts, max_objects):
     )
 
 
+def alignment_file(spec) -> Path:
+    """The alignment file named by ``alignment=``: a file, or a run directory's
+    ``eval/alignment.json``."""
+    p = Path(str(spec))
+    p = p / ALIGNMENT if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"alignment={spec}: no alignment file {p}")
+    return p
+
+
 def get_alignment(
     model, cfg, reader, opts, run_dir: Path, step: int | None, device
 ) -> AlignmentResult:
-    """Load ``<run_dir>/eval/alignment.json`` if it was computed for this checkpoint step,
-    else estimate it on ``align_split`` and save it."""
-    path = run_dir / "eval" / "alignment.json"
+    """The alignment given by ``alignment=``; else ``<run_dir>/eval/alignment.json`` if
+    it was computed for this checkpoint step and data set; else estimate it on
+    ``align_split`` and save it there."""
+    if opts.alignment:
+        path = alignment_file(opts.alignment)
+        al = AlignmentResult.load(path)
+        print(f"using the given alignment {path} (estimated on {al.dataset}, step {al.step})")
+        if al.step != step:
+            warnings.warn(f"{path} is for step {al.step}, the checkpoint {step}", stacklevel=2)
+        return al
+    path = run_dir / ALIGNMENT
     if path.exists() and not opts.recompute_alignment:
         al = AlignmentResult.load(path)
         if (
@@ -71,6 +89,14 @@ def get_alignment(
             stacklevel=2,
         )
     split = str(opts.align_split)
+    if len(reader.splits.get(split, ())) == 0:
+        saved = f" (this run's: alignment={run_dir})" if path.exists() else ""
+        have = [s for s, ids in reader.splits.items() if len(ids)]
+        raise ValueError(
+            f"align_split={split} has no objects in this data set, and the pose metrics need "
+            f"a global alignment: pass alignment=<run dir or alignment.json> to reuse a saved "
+            f"one{saved}, or align_split=<a split with objects: {', '.join(have)}>"
+        )
     pv = _predict(model, cfg, reader, split, device, opts, opts.align_max_objects)
     gt = load_gt(reader, split, bool(opts.gt_dense))[: pv.points.shape[0]]
     q_gt = np.asarray(reader.quats(split))[: pv.points.shape[0]]
@@ -91,24 +117,15 @@ def get_alignment(
     return al
 
 
-def evaluate(**options) -> dict:
-    """Python entry point: :func:`run` with ``options`` (the names of
-    ``configs/eval.yaml``) replacing the defaults."""
-    return run(compose_options("eval", **options))
-
-
 def run(opts: DictConfig) -> dict:
     """Run the whole evaluation (options: ``configs/eval.yaml``); returns the metrics
     dictionary also written to ``metrics_<split>.json``."""
     if not opts.run_dir:
         raise ValueError("run_dir is required: python -m dpc.evaluate run_dir=<dir> split=test")
     run_dir = Path(str(opts.run_dir))
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run_dir is not a directory: {run_dir}")
-    ckpt_path = find_checkpoint(run_dir)  # clear FileNotFoundError without a checkpoint
-    step = int(load_checkpoint(ckpt_path).get("step", -1))
     device = resolve_device(str(opts.device))
-    model, cfg = load_run(run_dir, device)
+    loaded = open_run(run_dir, device)  # clear FileNotFoundError without a checkpoint
+    model, cfg, step = loaded.model, loaded.cfg, loaded.step
     reader = open_run_data(cfg, opts.data_path, run_dir)
     split = str(opts.split)
     out = Path(str(opts.out)) if opts.out else run_dir / "eval" / split

@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 4).
+"""Training losses (docs/METHOD.md, section 4).
 
 Dimension letters: B objects, K views per object, M pose candidates, G renderer grid.
 All per-view losses follow the original's ``tf.nn.l2_loss`` convention: half the sum of
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dpc.camera import quat_conj, quat_mul, quat_normalize, quat_rotate
 
@@ -39,7 +39,7 @@ def silhouette_distance(grid_points: Tensor, distance: Tensor) -> Tensor:
         grid_points: ``[..., N, 3]`` grid coordinates (depth, row, col) from
             :func:`dpc.camera.world_to_grid`; row/col in ``[-0.5, 0.5]`` span the image.
         distance: ``[..., G, G]`` distance maps of the target silhouettes, in pixels
-            (:func:`dpc.camera.mask_distance_maps`), same leading dims.
+            (:func:`dpc.data.images.mask_distance_maps`), same leading dims.
     Returns:
         ``[...]``: sum over points of the bilinearly interpolated distance; points outside
         the image add their distance to the image border.
@@ -183,7 +183,7 @@ def hull_surface_loss(grid_points: Tensor, inner: Tensor, cells_per_pixel: float
     outside the silhouette, where the silhouette-distance term applies instead).
 
     Args: ``grid_points [..., K, N, 3]``, ``inner [..., K, G, G]``
-    (:func:`dpc.camera.mask_distance_maps` with ``inside=True``). Returns ``[...]``.
+    (:func:`dpc.data.images.mask_distance_maps` with ``inside=True``). Returns ``[...]``.
     """
     d = point_silhouette_distances(grid_points, inner)  # [..., K, N]; border term is 0 inside
     rc = grid_points[..., 1:]
@@ -225,20 +225,6 @@ def student_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return (1.0 - q[..., 0].square()).mean()
 
 
-def l2_weight_decay(model: nn.Module, weight_decay: float) -> Tensor | float:
-    """``weight_decay * sum(w^2) / 2`` over weight matrices and conv kernels (not biases),
-    the original's ``l2_regularizer`` added to the loss."""
-    if weight_decay == 0:
-        return 0.0
-    sq = [p.square().sum() for n, p in model.named_parameters() if p.dim() > 1 and p.requires_grad]
-    return 0.5 * weight_decay * torch.stack(sq).sum()
-
-
-def decay_parameters(model: nn.Module) -> list[Tensor]:
-    """The parameters weight decay applies to: weight matrices and conv kernels."""
-    return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]
-
-
 ALIGN_REFERENCE_POINTS = 2000  # the original's setup_misc: 2000 points, N(0, 1) clipped to 3
 
 
@@ -267,41 +253,3 @@ def student_align_loss(student: Tensor, teacher: Tensor, ref_points: Tensor) -> 
     return 0.5 * diff.square().sum((1, 2)).mean() / ref_points.shape[0]
 
 
-def normalize_loss_config(loss) -> None:
-    """Bring a ``loss`` config group (a training config's, or an older run's saved one) to
-    the current keys, in place; the one place the deprecated key is handled.
-
-    ``loss.pose_student_align_loss`` used to be the *weight* of the student loss (a
-    number, 20); the original calls that weight ``pose_predictor_student_loss_weight`` and
-    uses ``pose_student_align_loss`` as a true/false switch for :func:`student_align_loss`.
-    A number there is therefore the deprecated weight: it replaces
-    ``pose_predictor_student_loss_weight`` (with a ``DeprecationWarning`` and a logged
-    line) and the switch becomes false; a bool is the switch.
-    """
-    import logging
-    import warnings
-
-    from omegaconf import open_dict
-
-    old = loss.get("pose_student_align_loss", False)
-    with open_dict(loss):
-        if old is None or isinstance(old, bool):
-            loss.pose_student_align_loss = bool(old)
-        elif isinstance(old, (int, float)):
-            msg = (
-                f"loss.pose_student_align_loss={old} is the deprecated name of the student-loss "
-                f"weight: using loss.pose_predictor_student_loss_weight={old} (the original's "
-                "name) and loss.pose_student_align_loss=false (now the original's true/false "
-                "switch of the reference-point align loss)"
-            )
-            warnings.warn(msg, DeprecationWarning, stacklevel=2)
-            logging.getLogger("dpc").warning(msg)
-            loss.pose_predictor_student_loss_weight = float(old)
-            loss.pose_student_align_loss = False
-        else:
-            raise ValueError(
-                "loss.pose_student_align_loss must be true/false (or, deprecated, a number: "
-                f"the student-loss weight), got {old!r}"
-            )
-        if "pose_predictor_student_loss_weight" not in loss:
-            loss.pose_predictor_student_loss_weight = 20.0

@@ -7,7 +7,7 @@ elevation and roll in degrees, and the frame they are in) and ``<name>.png`` (in
 predicted silhouette | the cloud from four viewpoints), plus ``summary.json``. A file that
 cannot be used is reported by name and skipped; the others are still predicted, and the
 exit status is 1 if any failed. Options: ``configs/predict.yaml`` (``--help``).
-The same from Python: ``dpc.load_run(run_dir).predict(images)`` (:mod:`dpc.eval.run`).
+The same from Python: ``dpc.load_run(run_dir).predict(images)`` (:mod:`dpc.eval.loaded_run`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from dpc.camera import CAMERA_DISTANCE, camera_position
+from dpc.cli import run_command
+from dpc.eval.loaded_run import IMAGE_SUFFIXES, ImageError, LoadedRun, load_image, pose_angles
 from dpc.eval.pictures import VIEWPOINTS, render_cloud_views, titled_columns
-from dpc.eval.predict import write_ply
-from dpc.eval.run import IMAGE_SUFFIXES, ImageError, LoadedRun, load_image, pose_angles
+from dpc.eval.predictions import write_ply
 
 
 def find_images(spec) -> tuple[list[Path], list[str]]:
@@ -252,15 +252,10 @@ def run_predict(cfg: DictConfig) -> int:
     return 1 if summary["failed"] else 0
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    try:
-        status = run_predict(cfg)
-    except (FileNotFoundError, ImageError) as e:
-        print(f"[dpc.predict] {e}", file=sys.stderr)
-        status = 2
-    if status:
-        sys.exit(status)
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dpc.predict run_dir=<run> images=<...> [key=value ...]``: exit status 0
+    (all predicted), 1 (some images failed), 2 (an error, e.g. no such run)."""
+    run_command("predict", run_predict, argv)
 
 
 if __name__ == "__main__":

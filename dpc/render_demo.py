@@ -1,6 +1,6 @@
 """Render a built-in primitive point cloud from several poses into a PNG grid.
 
-    python -m dpc.render_demo [--shape chair|torus|box] [--out render_demo.png]
+    python -m dpc.render_demo [shape=chair|torus|box] [views=6] [out=render_demo.png]
 
 Rows: silhouette, expected depth, expected colour (points coloured by position); columns:
 cameras at evenly spaced azimuths. Look at it to see what the renderer does.
@@ -8,7 +8,6 @@ cameras at evenly spaced azimuths. Look at it to see what the renderer does.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from dpc.camera import view_quat
+from dpc.cli import run_command
 from dpc.render import PointCloudRenderer, RenderSettings
 
 
@@ -85,20 +85,22 @@ def render_grid(shape: str = "chair", views: int = 6, size: int = 64, sigma: flo
     return (img.clamp(0, 1) * 255).round().byte().numpy()
 
 
-def main(argv=None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--shape", default="chair", choices=["chair", "torus", "box"])
-    ap.add_argument("--views", type=int, default=6)
-    ap.add_argument("--size", type=int, default=64, help="grid / image size (vox_size)")
-    ap.add_argument("--out", default="render_demo.png")
-    args = ap.parse_args(argv)
+def run(args) -> Path:
+    """Write the PNG (the command's body); returns its path."""
     from PIL import Image
 
-    img = render_grid(args.shape, args.views, args.size)
-    out = Path(args.out)
+    if args.shape not in ("chair", "torus", "box"):
+        raise ValueError(f"shape must be chair, torus or box, got {args.shape!r}")
+    img = render_grid(str(args.shape), int(args.views), int(args.image_size))
+    out = Path(str(args.out))
     Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(out)
     print(f"wrote {out} ({args.views} views of '{args.shape}': silhouette, depth, colour)")
     return out
+
+
+def main(argv=None) -> None:
+    """``python -m dpc.render_demo [key=value ...]`` (configs/render_demo.yaml)."""
+    run_command("render_demo", run, argv)
 
 
 if __name__ == "__main__":

@@ -11,38 +11,47 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
-import hydra
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dpc.cli import run_command
 from dpc.data import batch_iterator, build_batch_sampler
-from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
+from dpc.runs import (
+    RunSettings,
+    checkpoint_path,
+    normalize_loss_config,
+    resolve_run_dir,
+    save_checkpoint,
+    write_config,
+)
 from dpc.training import schedules
-from dpc.training.checkpoint import resolve_run_dir, restore_checkpoint, save_checkpoint
-from dpc.training.distributed import resolve_device, setup_distributed
+from dpc.training.checkpoint import restore_checkpoint
 from dpc.training.logging import RunLogger
 from dpc.training.loop import (
     NonFiniteLossError,
     StepMeter,
     StopSignals,
     check_loss_config,
-    check_model_config,
     log_media,
     log_step,
     next_steps_message,
     open_data,
+    start_process,
     sync_flags,
+    update_or_skip,
     validate_and_log,
     wrap_model,
 )
 from dpc.training.optim import build_optimizer
-from dpc.training.step import compute_step, num_candidates
+from dpc.training.step import compute_step
+from dpc.training.terms import batch_targets
 
-__all__ = ["NonFiniteLossError", "check_loss_config", "check_model_config", "main", "train"]
+__all__ = ["NonFiniteLossError", "check_loss_config", "main", "train"]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -53,21 +62,20 @@ def train(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
     normalize_loss_config(cfg.loss)  # deprecated keys -> current ones (saved that way)
     check_loss_config(cfg.loss)
-    check_model_config(cfg.model)
+    settings = RunSettings.from_cfg(cfg)  # also: clear errors for settings that do not fit
     tr = cfg.trainer
-    rank, world, local_rank = setup_distributed(str(cfg.device))
+    rank, world, local_rank, device = start_process(cfg)
     is_main = rank == 0
-    device = resolve_device(str(cfg.device), local_rank)
-    if tr.num_threads:
-        torch.set_num_threads(int(tr.num_threads))
     max_steps = int(tr.max_steps)
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_config(run_dir, cfg)
 
     reader = open_data(cfg, is_main, world)
-    sampler = build_batch_sampler(cfg, reader, rank=rank, world_size=world)
+    sampler = build_batch_sampler(
+        cfg, reader, rank=rank, world_size=world, targets=batch_targets(cfg)
+    )
     b = int(tr.batch_size) // world
     rank_slice = slice(rank * b, (rank + 1) * b)
 
@@ -84,14 +92,14 @@ def train(cfg: DictConfig) -> dict:
 
     logger = RunLogger(cfg, run_dir, is_main, start_step)
     meter = StepMeter(cfg, device, start_step)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
 
-    def save(step_next: int, **extra):
+    def save(step_next: int, **extra) -> Path:
         if is_main:
-            save_checkpoint(ckpt_path, model, optimizer, step_next, cfg, **extra)
+            save_checkpoint(checkpoint_path(run_dir), model, optimizer, step_next, cfg, **extra)
+        return checkpoint_path(run_dir)
 
     batches = batch_iterator(sampler, start_step, max_steps, int(cfg.data.num_workers))
-    M = num_candidates(cfg)  # the range of the winner index (2M with flipped candidates)
+    M = settings.num_candidates  # the range of the winner index (2M with flipped candidates)
     summary: dict = {"start_step": start_step}
     step = final = start_step
     n_bad, stop_now = 0, False
@@ -113,23 +121,9 @@ def train(cfg: DictConfig) -> dict:
                     fwd_model, renderer, batch, cfg, step, sigma, keep, rank_slice, bool(tr.amp)
                 )
                 finite, stop_now = sync_flags(out.loss, stop.signal is not None, world)
-                if finite:
-                    out.loss.backward()
-                    if tr.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
-                    optimizer.step()  # weight decay: the optimiser's parameter groups
-                    n_bad = 0
-                else:
-                    n_bad += 1
-                    logger.event(step, f"non-finite loss, step skipped ({n_bad} in a row)")
-                    if n_bad >= int(tr.nan_max_consecutive):
-                        # The weights have not changed since the last good step: save them.
-                        save(step, stopped_by="non-finite loss")
-                        raise NonFiniteLossError(
-                            f"{n_bad} consecutive non-finite losses at step {step}; "
-                            f"stopped. The last good state is in {ckpt_path} (resume=<run dir> "
-                            f"after fixing the cause, e.g. a lower optim.lr)"
-                        )
+                n_bad = update_or_skip(
+                    out, finite, model, optimizer, cfg, step, n_bad, logger, save
+                )
                 optimizer.zero_grad(set_to_none=True)
                 meter.tick(step)
                 final = step + 1  # the next step to run
@@ -162,17 +156,21 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Thin hydra shell around :func:`train`."""
+def _command(cfg: DictConfig) -> int:
     try:
         train(cfg)
     except NonFiniteLossError as e:
         print(f"[dpc.train] {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dpc.train +experiment=<name> [key=value ...]`` (configs/train.yaml)."""
+    run_command("train", _command, argv)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from dpc.cli import run_command
 from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
 from dpc.eval.pictures import VIEWPOINTS, grid_image, render_cloud_views
 from dpc.eval.score import load_gt
 from dpc.render import build_renderer, final_sigma
-from dpc.training.checkpoint import find_checkpoint, load_run
-from dpc.training.config import compose_options, run_command
+from dpc.runs import open_run
 from dpc.training.distributed import resolve_device
 
 
@@ -75,21 +75,15 @@ def write_html(path: Path, pred: np.ndarray, gt: np.ndarray | None, title: str) 
     return path
 
 
-def visualize(**options) -> list[Path]:
-    """Python entry point: :func:`run` with ``options`` (the names of
-    ``configs/visualize.yaml``) replacing the defaults."""
-    return run(compose_options("visualize", **options))
-
-
 @torch.no_grad()
 def run(o: DictConfig) -> list[Path]:
     """Write the PNGs (and HTMLs) described in the module docstring; returns the PNG paths."""
     if not o.run_dir:
         raise ValueError("run_dir is required: python -m dpc.visualize run_dir=<dir> objects=[0,1]")
     run_dir = Path(str(o.run_dir))
-    find_checkpoint(run_dir)
     device = resolve_device(str(o.device))
-    model, cfg = load_run(run_dir, device)
+    run = open_run(run_dir, device)
+    model, cfg = run.model, run.cfg
     reader = open_run_data(cfg, o.data_path, run_dir)
     split = str(o.split)
     if split not in reader.splits:

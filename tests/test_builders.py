@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dpc.camera import resize_masks
+from dpc.cli import CONFIGS
 from dpc.data import BatchSampler, build_batch_sampler, prepare_images, prepare_masks
+from dpc.data.images import resize_masks
 from dpc.data.synthetic import synthetic_dataset
 from dpc.render import RenderSettings, build_renderer, final_sigma
+from dpc.training.terms import batch_targets
 
 
 def test_renderer_from_cfg_keeps_projection_and_backend():
@@ -62,6 +64,9 @@ def test_prepare_masks_matches_resize_masks():
         prepare_masks(m[None], 9)
 
 
+LOSS_DEFAULTS = OmegaConf.to_container(OmegaConf.load(CONFIGS / "train.yaml").loss)
+
+
 def test_batch_sampler_from_cfg():
     reader = synthetic_dataset({"train": 6, "val": 2}, num_views=3, image_size=16, num_points=100)
     cfg = OmegaConf.create(
@@ -70,10 +75,11 @@ def test_batch_sampler_from_cfg():
             "data": {"split": "train", "views_per_item": 2, "image_size": 12},
             "render": {"vox_size": 8},
             "trainer": {"batch_size": 4},
-            "loss": {"depth_weight": 0.0, "silhouette_distance_weight": 1.0},
+            # the training config's loss group (every term's weight) with one term on
+            "loss": {**LOSS_DEFAULTS, "depth_weight": 0.0, "silhouette_distance_weight": 1.0},
         }
     )
-    s = build_batch_sampler(cfg, reader)
+    s = build_batch_sampler(cfg, reader, targets=batch_targets(cfg))
     manual = BatchSampler(reader, "train", 4, 2, 12, 8, 3, with_mask_distance=True)
     a, b = s(5), manual(5)
     assert sorted(a) == sorted(b)
@@ -84,5 +90,5 @@ def test_batch_sampler_from_cfg():
     objs, views = s.indices(5)
     one = s.views_of(int(objs[1]), views[1])
     assert torch.equal(one["image"], a["image"][1]) and torch.equal(one["mask"], a["mask"][1])
-    val = build_batch_sampler(cfg, reader, "val", 1, 3, seed=0, with_targets=False)
+    val = build_batch_sampler(cfg, reader, "val", 1, 3, seed=0)
     assert (val.n, val.K, val.with_mask_distance) == (2, 3, False)

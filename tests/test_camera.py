@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpc import camera as C
+from dpc.data.images import resize_masks
 
 
 def test_quat_rotate_90_deg_about_y():
@@ -120,7 +121,7 @@ def test_resize_masks_aligned_corners(size):
     m = torch.zeros(1, 128, 128)
     m[0, 0, 0] = 1.0
     m[0, -1, -1] = 1.0
-    r = C.resize_masks(m, size)
+    r = resize_masks(m, size)
     assert r.shape == (1, size, size)
     assert r[0, 0, 0] == 1.0 and r[0, -1, -1] == 1.0  # corner pixels map onto corners
 

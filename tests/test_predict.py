@@ -18,7 +18,7 @@ from train_testutils import REPO, TINY, compose_cfg  # noqa: E402
 import dpc  # noqa: E402
 from dpc.camera import quat_from_axis_angle, quat_mul, quat_rotate, view_quat  # noqa: E402
 from dpc.eval.alignment import AlignmentResult  # noqa: E402
-from dpc.eval.run import ImageError, load_image, pose_angles  # noqa: E402
+from dpc.eval.loaded_run import ImageError, load_image, pose_angles  # noqa: E402
 
 
 def _train(tmp, extra, experiment="car_quick"):
@@ -150,7 +150,7 @@ def test_load_run_applies_saved_alignment(tiny_run, image_folder, tmp_path):
 
 
 def test_predict_folder_two_predictions_one_clear_error(tiny_run, image_folder, tmp_path, capsys):
-    from dpc.eval.run import LoadedRun
+    from dpc.eval.loaded_run import LoadedRun
     from dpc.predict import predict_images
 
     out = tmp_path / "out"
@@ -222,7 +222,7 @@ def test_fit_view_recovers_a_known_view(tiny_run):
     view, give that silhouette as the foreground, get the view back."""
     import torch
 
-    from dpc.eval.run import FIT_AZIMUTHS, FIT_ELEVATIONS
+    from dpc.eval.loaded_run import FIT_AZIMUTHS, FIT_ELEVATIONS
 
     run = dpc.load_run(tiny_run, device="cpu")
     g = torch.Generator().manual_seed(0)

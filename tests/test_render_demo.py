@@ -7,9 +7,8 @@ from dpc.render_demo import main, primitive_points
 
 
 def test_render_demo_writes_png(tmp_path):
-    out = main(
-        ["--shape", "chair", "--views", "3", "--size", "32", "--out", str(tmp_path / "d.png")]
-    )
+    out = tmp_path / "d.png"
+    main(["shape=chair", "views=3", "image_size=32", f"out={out}"])
     img = np.asarray(Image.open(out))
     assert img.shape == (3 * 32 * 2, 3 * 32 * 2, 3)
     sil = img[:64, :, 0]

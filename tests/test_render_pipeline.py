@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from dpc.camera import view_quat
-from dpc.render import PointCloudRenderer, RenderSettings, point_dropout
+from dpc.camera import view_quat, world_to_grid
+from dpc.render import PointCloudRenderer, RenderSettings, dropout_indices, kept_count
 
 
 def sphere_points(n, radius, generator):
@@ -37,14 +37,11 @@ def test_sphere_silhouette_size_matches_camera_model():
 
 
 def test_translation_moves_image_right_and_up():
-    g = torch.Generator().manual_seed(1)
-    pts = sphere_points(4000, 0.1, g).float()
-    r = PointCloudRenderer(RenderSettings(vox_size=32, kernel_size=3))
+    # camera-frame translation (depth, up, right): grid rows grow downwards, columns right
+    pts = torch.zeros(1, 1, 3)
     q = torch.tensor([[1.0, 0, 0, 0]])
-    sil = r(pts, q, 0.5, translation=torch.tensor([[0.0, 0.2, 0.2]])).silhouette[0]
-    ii, jj = torch.nonzero(sil > 0.5, as_tuple=True)
-    assert ii.float().mean() < 15.5 - 3  # moved up (rows grow downwards)
-    assert jj.float().mean() > 15.5 + 3  # moved right
+    gp = world_to_grid(pts, q, torch.tensor([[0.0, 0.2, 0.2]]))[0, 0]
+    assert gp[1] < -0.1 and gp[2] > 0.1  # moved up and right
 
 
 def test_outputs_shapes_depth_color_and_max_projection():
@@ -79,14 +76,22 @@ def test_outputs_shapes_depth_color_and_max_projection():
 
 
 def test_point_dropout_keeps_fraction_and_is_seeded():
-    pts = torch.arange(300.0).reshape(1, 100, 3).expand(2, -1, -1)
-    a, _ = point_dropout(pts, 0.07, generator=torch.Generator().manual_seed(0))
-    b, _ = point_dropout(pts, 0.07, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (2, 7, 3)
+    a = dropout_indices(0.075, 100, (2,), generator=torch.Generator().manual_seed(0))
+    b = dropout_indices(0.075, 100, (2,), generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 8)  # ceil(7.5)
     torch.testing.assert_close(a, b)
-    assert not torch.equal(a[0], a[1])  # independent subsets per batch element
+    assert not torch.equal(a[0].sort().values, a[1].sort().values)  # a subset per row
+    assert kept_count(0.075, 100, per_view=True) == 7 and kept_count(0.29, 100, True) == 29
+    assert dropout_indices(1.0, 100, (2,)) is None
     with pytest.raises(ValueError, match="keep_fraction"):
-        point_dropout(pts, 0.0)
+        dropout_indices(0.0, 100, (2,))
+    # the renderer's keep_fraction renders that subset
+    pts = torch.rand(2, 100, 3, generator=torch.Generator().manual_seed(1)) - 0.5
+    q = torch.tensor([[1.0, 0, 0, 0]]).expand(2, 4)
+    r = PointCloudRenderer(RenderSettings(vox_size=16, kernel_size=3, backend="reference"))
+    got = r(pts, q, 1.0, keep_fraction=0.075, generator=torch.Generator().manual_seed(0))
+    sub = torch.gather(pts, 1, a[..., None].expand(-1, -1, 3))
+    torch.testing.assert_close(got.silhouette, r(sub, q, 1.0).silhouette)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from dpc.data.format import FORMAT_VERSION, DatasetFormatError, DatasetInfo, ope
 from dpc.data.images import prepare_images, prepare_masks
 from dpc.data.mesh_utils import MeshError
 from dpc.data.readers import dataset_key, open_run_data, open_training_data
-from dpc.data.render import MeshRenderer, MeshRenderSettings
+from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings
 from dpc.data.sampling import BatchSampler, batch_iterator, build_batch_sampler
 from dpc.data.synthetic import ArrayDataset, synthetic_dataset
 

@@ -1,18 +1,68 @@
-"""Command line: build datasets and draw contact sheets.
+"""Command line: build datasets, draw contact sheets, import the original's data.
 
     python -m dpc.data build category=car                 # default car set -> data/car
     python -m dpc.data build category=car preset=quick    # tiny set in seconds -> data/car_quick
-    python -m dpc.data sheet data/car --out sheet.png [--split train] [--n 12]
-    python -m dpc.data info data/car
-    python -m dpc.data import-original <release folder> --synset chair --out data/chair_sn
+    python -m dpc.data sheet path=data/car out=sheet.png [split=train n=12]
+    python -m dpc.data info path=data/car
+    python -m dpc.data import-original src=<release folder> synset=chair out=data/chair_sn
+
+``python -m dpc.data <command> --help`` lists a command's options (``build``: the data
+set settings of :mod:`dpc.data.config`; the others: ``configs/data_<command>.yaml``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+
+from dpc.cli import run_command
+
+
+def _build(rest: list[str]) -> int:
+    from dpc.data.build import build_dataset
+    from dpc.data.config import make_settings, parse_overrides
+
+    if any(a in ("-h", "--help") for a in rest):
+        from dpc.data import config
+
+        print(__doc__)
+        print(config.__doc__)
+        return 0
+    overwrite = False
+    if "overwrite=true" in rest:
+        rest.remove("overwrite=true")
+        overwrite = True
+    s = make_settings(**parse_overrides(rest))
+    t0 = time.time()
+    out = build_dataset(s, overwrite=overwrite)
+    print(f"dataset ready: {out}  ({time.time() - t0:.1f} s)")
+    return 0
+
+
+def _sheet(o) -> None:
+    from dpc.data.sheet import contact_sheet
+
+    print(contact_sheet(str(o.path), str(o.out), str(o.split), int(o.n), seed=int(o.seed)))
+
+
+def _info(o) -> None:
+    from dpc.data.format import read_manifest
+
+    m = read_manifest(str(o.path))
+    m.pop("checksums", None)
+    print(json.dumps(m, indent=1))
+
+
+def _import_original(o) -> None:
+    from dpc.data.original import import_original
+
+    splits = None if o.splits is None else str(o.splits)
+    out = import_original(str(o.src), str(o.synset), str(o.out), splits, strict=bool(o.strict))
+    print(f"dataset ready: {out}")
+
+
+COMMANDS = {"sheet": _sheet, "info": _info, "import-original": _import_original}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,61 +72,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd == "build":
-        from dpc.data.build import build_dataset
-        from dpc.data.config import make_settings, parse_overrides
-
-        overwrite = False
-        if "overwrite=true" in rest:
-            rest.remove("overwrite=true")
-            overwrite = True
-        s = make_settings(**parse_overrides(rest))
-        t0 = time.time()
-        out = build_dataset(s, overwrite=overwrite)
-        print(f"dataset ready: {out}  ({time.time() - t0:.1f} s)")
-        return 0
-    if cmd == "sheet":
-        from dpc.data.sheet import contact_sheet
-
-        p = argparse.ArgumentParser(prog="python -m dpc.data sheet")
-        p.add_argument("path")
-        p.add_argument("--out", default="sheet.png")
-        p.add_argument("--split", default="train")
-        p.add_argument("--n", type=int, default=12)
-        p.add_argument("--seed", type=int, default=0)
-        a = p.parse_args(rest)
-        print(contact_sheet(a.path, a.out, a.split, a.n, seed=a.seed))
-        return 0
-    if cmd == "import-original":
-        from dpc.data.original import import_original
-
-        p = argparse.ArgumentParser(prog="python -m dpc.data import-original")
-        p.add_argument("src", help="folder with renders/, gt/ and splits/")
-        p.add_argument("--synset", required=True, help="ShapeNet synset id or chair/car/airplane")
-        p.add_argument("--out", required=True, help="dataset folder to write")
-        p.add_argument("--splits", default=None, help="folder of <synset>_<split>.txt lists")
-        p.add_argument("--strict", action="store_true", help="stop at the first bad object")
-        a = p.parse_args(rest)
-        out = import_original(a.src, a.synset, a.out, splits_dir=a.splits, strict=a.strict)
-        print(f"dataset ready: {out}")
-        return 0
-    if cmd == "info":
-        from dpc.data.format import read_manifest
-
-        m = read_manifest(rest[0])
-        m.pop("checksums", None)
-        print(json.dumps(m, indent=1))
-        return 0
-    print(f"unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
-    return 2
+        return _build(rest)
+    if cmd not in COMMANDS:
+        print(f"unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+        return 2
+    config = "data_" + cmd.replace("-", "_")
+    sys.argv = [f"{sys.argv[0]} {cmd}", *rest]
+    run_command(config, COMMANDS[cmd], prog=f"dpc.data {cmd}")
+    return 0
 
 
 def _cli() -> int:
+    """``main`` with errors a user can fix as one line and exit status 2 (as dpc.cli)."""
     try:
         return main()
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        # bad input: say what and where, without a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"[dpc.data] error: {exc}", file=sys.stderr)  # no traceback
+        return 2
 
 
 if __name__ == "__main__":

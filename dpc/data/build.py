@@ -31,7 +31,7 @@ from dpc.data.format import (
     write_json_atomic,
 )
 from dpc.data.mesh_utils import MeshError, check_mesh, sample_visible_surface
-from dpc.data.render import MeshRenderer, MeshRenderSettings, embree_intersector
+from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings, embree_intersector
 from dpc.data.sources.base import MeshSource, object_seed
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _run_tasks(todo, src, s: BuildSettings, staging: Path, total: int) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=total - len(todo), desc=f"build {s.dataset_name}",
-               unit="obj", disable=not s.progress, smoothing=0.05)
+               unit="obj", disable=None if s.progress else True, smoothing=0.05)
     try:
         if s.workers <= 0:
             _init_worker(src, s, str(staging))

@@ -26,7 +26,7 @@ class BuildSettings:
     test: int = 200
     val_fraction: float = 0.1  # file-backed categories (airplane, folder): split fractions
     test_fraction: float = 0.1
-    # diagonal (default): bounding-box diagonal 1, which fits the unit cube as SPEC asks and
+    # diagonal (default): bounding-box diagonal 1, which fits the unit cube as docs/METHOD.md (section 1) asks and
     # leaves no view clipped (measured); cube: longest bounding-box side 1, where at distance
     # 2, f 1.875 parts nearer the camera leave the frame in ~52% of car and ~95% of chair views
     normalize: str = "diagonal"
@@ -96,7 +96,7 @@ PRESETS: dict[str, dict] = {
     # a tiny set in seconds, for tests and smoke runs
     "quick": dict(train=8, val=2, test=2, views=5, image_size=64, supersample=1,
                   gt_points_dense=2000, gt_points=1000, workers=0),
-    # a CPU-trainable set (64 px): SPEC's CPU presets train at image 64
+    # a CPU-trainable set (64 px): the CPU presets train at image 64
     "small": dict(train=400, val=50, test=50, image_size=64),
     # 20 views per object, for categories with few objects (airplanes: 97 training objects)
     "views20": dict(views=20),

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dpc.camera import resize_masks
 
 
 def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
@@ -42,8 +41,44 @@ def prepare_images(images: np.ndarray | Tensor, image_size: int) -> Tensor:
 
 def prepare_masks(masks: np.ndarray | Tensor, size: int) -> Tensor:
     """uint8 ``[B, H, W]`` -> float ``[B, size, size]`` in [0, 1], resized to the renderer's
-    grid like the training targets (:func:`dpc.camera.resize_masks`)."""
+    grid like the training targets (:func:`dpc.data.images.resize_masks`)."""
     m = _as_tensor(masks)
     if m.dtype != torch.uint8 or m.ndim != 3:
         raise ValueError(f"masks must be uint8 [B, H, W], got {m.dtype} {tuple(m.shape)}")
     return resize_masks(m.float().div_(255.0), size)
+
+
+def resize_masks(masks: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Resize masks ``[B, H, W]`` to the renderer's grid ``size`` (bilinear, corners aligned,
+    matching the renderer's pixel-centre convention, dpc.camera.perspective_transform)."""
+    if isinstance(size, int):
+        size = (size, size)
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return F.interpolate(masks[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+
+
+def mask_distance_maps(
+    mask: Tensor, size: int, threshold: float = 0.5, inside: bool = False
+) -> Tensor:
+    """Distance from each pixel to the nearest silhouette pixel, in pixels of the output
+    (``inside=True``: from each silhouette pixel to the nearest background pixel).
+
+    ``mask [..., S, S]`` in [0, 1] -> ``[..., size, size]`` float32, 0 inside (outside with
+    ``inside=True``). Computed at the mask's own resolution (so parts thinner than a cell
+    of the output still count as silhouette), then resized like the masks and rescaled to
+    output pixels. A view with an empty silhouette gets zeros (nothing to pull points
+    towards).
+    """
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    S = mask.shape[-1]
+    flat = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() >= threshold
+    out = np.zeros(flat.shape, dtype=np.float32)
+    for i, sil in enumerate(flat):
+        if sil.any():
+            # edt measures to the nearest zero: the background's zeros for inner distances
+            out[i] = distance_transform_edt(sil if inside else ~sil)
+    d = torch.from_numpy(out) * ((size - 1) / max(S - 1, 1))
+    return resize_masks(d, size).view(*mask.shape[:-2], size, size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
-from dpc.data.render import embree_intersector
+from dpc.data.mesh_render import embree_intersector
 
 
 class MeshError(ValueError):
@@ -29,7 +29,7 @@ def check_mesh(mesh: trimesh.Trimesh, name: str) -> None:
 
 def normalize_mesh(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """Centre the bounding box at the origin and scale its longest side to 1, in place
-    (SPEC section 1: objects fit the unit cube [-0.5, 0.5]^3)."""
+    (docs/METHOD.md, section 1: objects fit the unit cube [-0.5, 0.5]^3)."""
     lo, hi = mesh.bounds
     mesh.apply_translation(-(lo + hi) / 2.0)
     mesh.apply_scale(1.0 / float((hi - lo).max()))

@@ -7,7 +7,7 @@ Layout (``<src>`` is the release's data folder)::
     gt/downsampled/<synset>/<model>.mat        points (N x 3), object frame
     splits/<synset>_<split>.txt                model ids, one per line (split = train/val/test)
 
-Camera conversion (SPEC section 1): the view quaternion depends on the Blender camera
+Camera conversion (docs/METHOD.md, section 1): the view quaternion depends on the Blender camera
 position only. :func:`blender_pos_to_quat` implements the original's yaw/pitch formula;
 geometrically the camera sits at (X, Z, -Y) in the object frame (y up), looking at the
 origin with +y up, i.e. ``look_at_quat((X, Z, -Y))`` (tested). The project's projection
@@ -113,6 +113,59 @@ def _resample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     return points[rng.choice(len(points), n, replace=len(points) < n)].astype(np.float32)
 
 
+def _import_split(d: Path, src: Path, synset: str, split: str, ids: list[str], num_views: int,
+                  S: int, gt_sizes: tuple[int, int], seed: int, has_depth: bool, strict: bool,
+                  progress: bool, checksums: dict) -> list[dict]:  # fmt: skip
+    """Import one split's objects into ``d`` (arrays, ``objects.json``; their checksums
+    into ``checksums``); returns the skipped objects."""
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    gt_points, gt_points_dense = gt_sizes
+    d.mkdir()
+    n = len(ids)
+    shapes = {"images": ((n, num_views, S, S, 3), np.uint8),
+              "masks": ((n, num_views, S, S), np.uint8),
+              "quats": ((n, num_views, 4), np.float32),
+              "cam_pos": ((n, num_views, 3), np.float32),
+              **({"depths": ((n, num_views, S, S), np.float16)} if has_depth else {}),
+              "gt_dense": ((n, gt_points_dense, 3), np.float32),
+              "gt_points": ((n, gt_points, 3), np.float32)}
+    arrs = {k: open_memmap(d / f"{k}.npy.tmp", mode="w+", dtype=dt, shape=sh)
+            for k, (sh, dt) in shapes.items()}
+    ok: list[str] = []
+    skipped: list[dict] = []
+    for oid in tqdm(ids, desc=f"import {split}", disable=None if progress else True):
+        try:
+            row = _import_object(src, synset, oid, num_views, S, gt_points,
+                                 gt_points_dense, seed, split, has_depth)
+        except OriginalImportError as exc:
+            if strict:
+                raise
+            warnings.warn(f"skipping {split}/{oid}: {exc}", stacklevel=3)
+            skipped.append({"id": oid, "reason": str(exc)})
+            continue
+        i = len(ok)
+        for k, v in row.items():
+            arrs[k][i] = v
+        ok.append(oid)
+    for k, (sh, dt) in shapes.items():
+        arrs[k].flush()
+        if len(ok) < n:  # compact: copy the imported rows into a right-sized file
+            fin = open_memmap(d / f"{k}.npy", mode="w+", dtype=dt, shape=(len(ok),) + sh[1:])
+            fin[:] = arrs[k][: len(ok)]
+            fin.flush()
+            del fin
+            arrs[k] = None
+            os.unlink(d / f"{k}.npy.tmp")
+        else:
+            arrs[k] = None
+            os.replace(d / f"{k}.npy.tmp", d / f"{k}.npy")
+        checksums[f"{split}/{k}.npy"] = sha256_file(d / f"{k}.npy")
+    write_json_atomic(d / "objects.json", ok)
+    return skipped
+
+
 def import_original(
     src: str | os.PathLike,
     synset: str,
@@ -140,9 +193,6 @@ def import_original(
     a split file without a render folder are skipped with a warning naming the file, and
     counted in the manifest (``skipped``), unless ``strict``.
     """
-    from numpy.lib.format import open_memmap
-    from tqdm.auto import tqdm
-
     src, out = Path(src), Path(out)
     synset = SYNSETS.get(synset, synset)
     splits_dir = Path(splits_dir) if splits_dir else src / "splits"
@@ -184,49 +234,11 @@ def import_original(
     t0 = time.time()
     splits_meta, skipped, checksums = {}, {}, {}
     for split, ids in lists.items():
-        d = out / split
-        d.mkdir()
-        n = len(ids)
-        shapes = {"images": ((n, num_views, S, S, 3), np.uint8),
-                  "masks": ((n, num_views, S, S), np.uint8),
-                  "quats": ((n, num_views, 4), np.float32),
-                  "cam_pos": ((n, num_views, 3), np.float32),
-                  **({"depths": ((n, num_views, S, S), np.float16)} if has_depth else {}),
-                  "gt_dense": ((n, gt_points_dense, 3), np.float32),
-                  "gt_points": ((n, gt_points, 3), np.float32)}
-        arrs = {k: open_memmap(d / f"{k}.npy.tmp", mode="w+", dtype=dt, shape=sh)
-                for k, (sh, dt) in shapes.items()}
-        ok: list[str] = []
-        skipped[split] = []
-        for oid in tqdm(ids, desc=f"import {split}", disable=not progress):
-            try:
-                row = _import_object(src, synset, oid, num_views, S, gt_points,
-                                     gt_points_dense, seed, split, has_depth)
-            except OriginalImportError as exc:
-                if strict:
-                    raise
-                warnings.warn(f"skipping {split}/{oid}: {exc}", stacklevel=2)
-                skipped[split].append({"id": oid, "reason": str(exc)})
-                continue
-            i = len(ok)
-            for k, v in row.items():
-                arrs[k][i] = v
-            ok.append(oid)
-        for k, (sh, dt) in shapes.items():
-            arrs[k].flush()
-            if len(ok) < n:  # compact: copy the imported rows into a right-sized file
-                fin = open_memmap(d / f"{k}.npy", mode="w+", dtype=dt, shape=(len(ok),) + sh[1:])
-                fin[:] = arrs[k][: len(ok)]
-                fin.flush()
-                del fin
-                arrs[k] = None
-                os.unlink(d / f"{k}.npy.tmp")
-            else:
-                arrs[k] = None
-                os.replace(d / f"{k}.npy.tmp", d / f"{k}.npy")
-            checksums[f"{split}/{k}.npy"] = sha256_file(d / f"{k}.npy")
-        write_json_atomic(d / "objects.json", ok)
-        splits_meta[split] = {"count": len(ok), "skipped": n - len(ok)}
+        skipped[split] = _import_split(out / split, src, synset, split, ids, num_views, S,
+                                       (gt_points, gt_points_dense), seed, has_depth, strict,
+                                       progress, checksums)  # fmt: skip
+        splits_meta[split] = {"count": len(ids) - len(skipped[split]),
+                              "skipped": len(skipped[split])}  # fmt: skip
     n_skipped = sum(len(v) for v in skipped.values())
     if n_skipped:
         warnings.warn(f"{out}: skipped {n_skipped} object(s); see 'skipped' in the manifest",
@@ -239,7 +251,7 @@ def import_original(
         "renderer": {"engine": "original release renders (Blender)", "camera_distance": 2.0,
                      "focal_length": 1.875,
                      "quaternion_convention": "(w, x, y, z), object -> camera (depth, up, right)",
-                     "camera_conversion": "SPEC section 1 yaw/pitch formula from pos"},
+                     "camera_conversion": "docs/METHOD.md, section 1 yaw/pitch formula from pos"},
         "gt_sampling": "gt_points and gt_dense resampled from gt/downsampled points "
                        "(with replacement when too few)",
         "checksums": checksums, "build_seconds": round(time.time() - t0, 1),

@@ -14,12 +14,13 @@ Readers follow the ``dpc.data`` reader API (docs/CONTRACTS.md): ``.splits``,
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from dpc.camera import mask_distance_maps, resize_masks
-from dpc.data.images import prepare_images, prepare_masks
+from dpc.data.images import mask_distance_maps, prepare_images, prepare_masks, resize_masks
 
 
 def build_batch_sampler(
@@ -31,12 +32,14 @@ def build_batch_sampler(
     seed: int | None = None,
     rank: int = 0,
     world_size: int = 1,
-    with_targets: bool = True,
+    targets: Collection[str] = (),
 ) -> BatchSampler:
     """The :class:`BatchSampler` of a training config: ``data.split``,
     ``trainer.batch_size``, ``data.views_per_item``, ``seed`` unless given; network input
-    ``data.image_size`` and mask grid ``render.vox_size`` always from ``cfg``; depth maps
-    and silhouette-distance maps when the loss uses them (and ``with_targets``)."""
+    ``data.image_size`` and mask grid ``render.vox_size`` always from ``cfg``; the extra
+    maps named in ``targets`` (what the loss terms read,
+    :func:`dpc.training.terms.batch_targets`): ``depth``, ``mask_distance``,
+    ``mask_inner_distance``, ``full_res`` (depth and mask at the data set's resolution)."""
     return BatchSampler(
         reader,
         str(cfg.data.split) if split is None else split,
@@ -47,21 +50,10 @@ def build_batch_sampler(
         int(cfg.seed) if seed is None else seed,
         rank,
         world_size,
-        with_depth=with_targets
-        and (
-            float(cfg.loss.depth_weight) > 0
-            or float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
-            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
-        ),
-        with_mask_distance=with_targets
-        and float(cfg.loss.get("silhouette_distance_weight", 0.0)) > 0,
-        with_inner_distance=with_targets and float(cfg.loss.get("hull_surface_weight", 0.0)) > 0,
-        with_full_res=with_targets
-        and bool(cfg.loss.get("surface_full_res", False))
-        and (
-            float(cfg.loss.get("surface_depth_weight", 0.0)) > 0
-            or float(cfg.loss.get("depth_coverage_weight", 0.0)) > 0
-        ),
+        with_depth="depth" in targets,
+        with_mask_distance="mask_distance" in targets,
+        with_inner_distance="mask_inner_distance" in targets,
+        with_full_res="full_res" in targets,
     )
 
 
@@ -74,7 +66,7 @@ class BatchSampler:
         batch_size: global number of objects per step (split across DDP ranks).
         views_per_item: K views per object (<= the dataset's views).
         image_size: network input size (images resized with antialiased bilinear).
-        mask_size: renderer grid G (masks resized with :func:`dpc.camera.resize_masks`).
+        mask_size: renderer grid G (masks resized with :func:`dpc.data.images.resize_masks`).
         seed: base seed.
         rank, world_size: this process takes objects ``[rank*B/W, (rank+1)*B/W)``.
     """
@@ -154,7 +146,7 @@ class BatchSampler:
         """This rank's batch: ``image [b, K, 3, s, s]`` float in [0, 1], ``mask [b, K, G, G]``,
         ``quat [b, K, 4]``, ``depth [b, K, G, G]`` and ``mask_distance [b, K, G, G]``
         and ``mask_inner_distance [b, K, G, G]`` (if asked; see
-        :func:`dpc.camera.mask_distance_maps`), ``depth_full`` / ``mask_full``
+        :func:`dpc.data.images.mask_distance_maps`), ``depth_full`` / ``mask_full``
         ``[b, K, S, S]`` at the data set's resolution (if asked), ``object_index [b]``,
         ``view_index [b, K]``, ``step`` (b = B / world size)."""
         objs, views = self.indices(step)

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC section 6): shape and pose metrics, global alignment, baselines,
+"""Evaluation (docs/METHOD.md, section 6): shape and pose metrics, global alignment, baselines,
 prediction over a split, and the validation hook for training.
 
 See ``docs/eval.md`` for the command line tools (``python -m dpc.evaluate``,

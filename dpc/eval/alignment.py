@@ -1,4 +1,5 @@
-"""Global alignment of an unsupervised model's frame to the ground-truth frame (SPEC 6).
+"""Global alignment of an unsupervised model's frame to the ground-truth frame
+(docs/METHOD.md, section 6).
 
 For each validation view the rotation ``q_gt^-1 q_pred`` (see :mod:`dpc.eval.metrics`)
 initialises point-to-point ICP (open3d, threshold 0.2) of the predicted cloud onto the
@@ -153,7 +154,7 @@ def estimate_global_alignment(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="alignment ICP", unit="obj")
+        it = tqdm(it, desc="alignment ICP", unit="obj", disable=None)  # off when not a tty
     for o in it:
         gt = np.asarray(gt_points[o], dtype=np.float64)
         fits = []

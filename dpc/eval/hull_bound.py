@@ -2,7 +2,7 @@
 
 Silhouettes constrain the object's visual hull, not where inside it the points sit: a
 cloud that fills the object's volume renders the same silhouettes as one on its surface.
-The ground truth (SPEC section 6) is a surface sample, so volume points cost precision.
+The ground truth (docs/METHOD.md, section 6) is a surface sample, so volume points cost precision.
 This scores, against the dataset's own ground truth, two ideal predictions made from the
 true mesh of each object (procedural categories, whose meshes can be regenerated):
 
@@ -12,12 +12,11 @@ true mesh of each object (procedural categories, whose meshes can be regenerated
 
 next to nothing else: no network is involved.
 
-    python -m dpc.eval.hull_bound data/car --split test --points 2000 [--max-objects 200]
+    python -m dpc.eval.hull_bound dataset=data/car split=test points=2000 [max_objects=200]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dpc.cli import run_command
 from dpc.eval.metrics import shape_metrics
 
 
@@ -66,7 +66,7 @@ def ideal_cloud_scores(
     gt = ds.gt_points(split)
     out: dict[str, list] = {"volume": [], "surface": []}
     no_volume = []  # objects whose mesh gives too few inside samples (not watertight)
-    for i, oid in enumerate(tqdm(ids, desc=f"ideal clouds {split}")):
+    for i, oid in enumerate(tqdm(ids, desc=f"ideal clouds {split}", disable=None)):
         m = src.load(oid)
         normalize_mesh(m, s)
         np.random.seed(seed + i)  # trimesh samples with numpy's global generator
@@ -99,20 +99,20 @@ def ideal_cloud_scores(
     return res
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("dataset")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--points", type=int, default=2000)
-    ap.add_argument("--max-objects", type=int, default=None)
-    ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    a = ap.parse_args(argv)
-    res = ideal_cloud_scores(a.dataset, a.split, a.points, a.max_objects)
+def run(a) -> dict:
+    """Score the ideal clouds and print (and write) the JSON (the command's body)."""
+    n_max = None if a.max_objects is None else int(a.max_objects)
+    res = ideal_cloud_scores(str(a.dataset), str(a.split), int(a.points), n_max)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
-        Path(a.out).write_text(text + "\n")
+        Path(str(a.out)).write_text(text + "\n")
     return res
+
+
+def main(argv=None) -> None:
+    """``python -m dpc.eval.hull_bound dataset=<folder> [key=value ...]``."""
+    run_command("hull_bound", run, argv, prog="dpc.eval.hull_bound")
 
 
 if __name__ == "__main__":

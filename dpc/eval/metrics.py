@@ -1,4 +1,4 @@
-"""Shape and pose metrics (SPEC section 6).
+"""Shape and pose metrics (docs/METHOD.md, section 6).
 
 Frames and quaternions (docs/CONTRACTS.md): a camera quaternion maps object-frame points
 to the camera frame. An unsupervised model predicts a shape ``P_pred`` in a frame of its
@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from dpc.camera import deg, quat_angle, quat_conj, quat_mul, quat_normalize
-from kernels.chamfer import chamfer_distance
+from kernels import chamfer_distance
 
 
 def shape_metrics(

@@ -41,9 +41,7 @@ def render_cloud_views(
     with torch.no_grad():
         # Boost the occupancy so that one isolated point reaches ~0.6 at its centre after
         # the blur (a unit mass spreads to k0^3 at the peak): sparse clouds render solid.
-        from kernels.reference import gaussian_kernel1d
-
-        k0 = float(gaussian_kernel1d(sigma, 7)[3])
+        k0 = 1.0 / sum(math.exp(-(i * i) / (2.0 * sigma**2)) for i in range(-3, 4))
         boost = torch.full((len(viewpoints),), 0.6 / k0**3)
         out = r(pts.contiguous(), q, sigma=sigma, scale=boost, return_depth=True)
     sil = out.silhouette.clamp(0, 1).numpy()  # [K, S, S]

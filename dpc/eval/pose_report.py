@@ -1,6 +1,7 @@
 """Pose accuracy under two global alignments, front/back flips, and the alignment's ambiguity.
 
-The paper's protocol (SPEC section 6, :func:`dpc.eval.alignment.estimate_global_alignment`:
+The paper's protocol (docs/METHOD.md, section 6;
+:func:`dpc.eval.alignment.estimate_global_alignment`:
 ICP per view, keep the lowest-RMSE views, Markley average) is kept as *the* published
 figure. On near-symmetric objects (cars: nearly symmetric front to back) a model's
 per-view poses are often a mix of correct and front/back-flipped views; the per-view
@@ -222,12 +223,12 @@ def pose_report(
         q_pred_eval, q_gt_eval: ``[..., 4]`` poses scored (e.g. test; may be the fit views).
         paper_alignment: the paper's alignment (an :class:`AlignmentResult` or a quaternion
             [4]); if None and ``fit_points [n_obj, V, N, 3]`` / ``fit_gt_points
-            [n_obj, P, 3]`` are given it is estimated here (ICP + Markley, SPEC 6); else the
-            paper figures are left out.
+            [n_obj, P, 3]`` are given it is estimated here (ICP + Markley, docs/METHOD.md
+            6); else the paper figures are left out.
         fit_subset, eval_subset: descriptions recorded in the report (e.g. ``"val[:16]"``).
         warn: emit :class:`AlignmentAmbiguityWarning` for each entry of ``warnings``.
         keep_errors: also keep the per-view errors (``errors_deg``, 0.1 degree) under
-            ``paper`` / ``robust`` (for :func:`wandb_histograms`).
+            ``paper`` / ``robust`` (for :func:`dpc.training.logging.wandb_histograms`).
         robust_kw: settings of :func:`robust_alignment`.
 
     Returns:
@@ -341,21 +342,6 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     if "paper_vs_robust_deg" in rep:
         out["alignment_paper_vs_robust_deg"] = rep["paper_vs_robust_deg"]
     return {prefix + k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
-
-
-def wandb_histograms(rep: dict, wandb_module=None, prefix: str = "val/") -> dict:
-    """``{prefix}pose_error_deg_<paper|robust>``: ``wandb.Histogram`` (5 degree bins over
-    0-180) of the per-view pose errors of a report made with ``keep_errors=True``; front/back
-    flips show up as a second peak near 180."""
-    if wandb_module is None:
-        import wandb as wandb_module
-    out = {}
-    for name in ("paper", "robust"):
-        e = rep.get(name, {}).get("errors_deg")
-        if e:
-            hist = np.histogram(np.asarray(e), bins=36, range=(0.0, 180.0))
-            out[f"{prefix}pose_error_deg_{name}"] = wandb_module.Histogram(np_histogram=hist)
-    return out
 
 
 def attach_fit_poses(al: AlignmentResult, q_pred, q_gt, subset: str) -> AlignmentResult:

@@ -1,4 +1,4 @@
-"""Scoring a split's predictions (SPEC section 6): shape and pose metrics per object and
+"""Scoring a split's predictions (docs/METHOD.md, section 6): shape and pose metrics per object and
 view with skipped views counted, and the mean-shape / mean-view baselines."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from dpc.camera import mask_distance_maps
+from dpc.data.images import mask_distance_maps
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
 from dpc.eval.metrics import (
@@ -20,7 +20,7 @@ from dpc.eval.metrics import (
     pose_summary,
     shape_metrics_detailed,
 )
-from dpc.eval.predict import Predictions
+from dpc.eval.predictions import Predictions
 
 
 def load_gt(reader, split: str, dense: bool) -> np.ndarray:
@@ -47,6 +47,61 @@ def has_quat(q: np.ndarray) -> np.ndarray:
     return np.isfinite(q).all(-1) & (np.abs(np.nan_to_num(q)).sum(-1) > 0)
 
 
+def _skip_or_raise(msg: str, strict: bool) -> None:
+    if strict:
+        raise ValueError(msg.split(" (skipped")[0])
+    warnings.warn(msg, stacklevel=3)
+
+
+def _usable(preds: Predictions, gt: np.ndarray, strict: bool):
+    """``(objects with usable ground truth [n_obj], views with finite points [n_obj, V],
+    the skipped (object id, view) pairs)``, with a warning (``strict``: an error) for each
+    kind of skip."""
+    n_obj, V = preds.points.shape[:2]
+    valid_gt = valid_gt_mask(gt)
+    finite = np.isfinite(preds.points).reshape(n_obj, V, -1).all(-1)  # [n_obj, V]
+    ids = preds.object_ids
+    if not valid_gt.all():
+        bad = [ids[i] for i in np.nonzero(~valid_gt)[0]]
+        msg = f"{len(bad)} object(s) without usable ground truth: {bad[:10]}"
+        _skip_or_raise(msg + " (skipped, counted in 'skipped')", strict)
+    nan_views = [(ids[o], int(v)) for o, v in zip(*np.nonzero(~finite)) if valid_gt[o]]
+    if nan_views:
+        msg = f"{len(nan_views)} view(s) with NaN/inf predicted points: {nan_views[:10]}"
+        _skip_or_raise(msg + " (skipped, counted in 'skipped')", strict)
+    return valid_gt, finite, nan_views
+
+
+def _outside(points, masks, q_gt, cell_px: float):
+    """Which of ``points [V, N, 3]`` (canonical frame) project more than ``cell_px``
+    outside one of the object's GT silhouettes ``masks`` (uint8 ``[V, S, S]``), under its
+    GT poses ``q_gt [V, 4]``; None without GT poses."""
+    cams = has_quat(q_gt)
+    if not cams.any():
+        return None
+    m = torch.from_numpy(np.array(masks[cams], np.float32) / 255.0)
+    q = torch.from_numpy(np.array(q_gt[cams], np.float32))
+    return outside_silhouettes(points, mask_distance_maps(m, m.shape[-1]), q, cell_px)
+
+
+def _shape_row(p, gt_o, outside, backend: str) -> dict:
+    """The shape metrics of one object's views ``p [v, N, 3]`` against its ground truth:
+    precision and coverage (x100), the far and trimmed diagnostics, and with ``outside``
+    the silhouette diagnostic (``_far_outside_fraction``: for the totals only)."""
+    gt_t = torch.from_numpy(np.array(gt_o, np.float32))[None]
+    prec, cov, diag = shape_metrics_detailed(p, gt_t, backend=backend, outside=outside)
+    row = {
+        "precision": (prec * 100).tolist(),
+        "coverage": (cov * 100).tolist(),
+        "far_fraction": diag["far_fraction"].tolist(),
+        "precision_near95": (diag["precision_near95"] * 100).tolist(),
+    }
+    if outside is not None:
+        row["outside_fraction"] = diag["outside_fraction"].tolist()
+        row["_far_outside_fraction"] = diag["far_outside_fraction"].tolist()
+    return row
+
+
 def score(
     preds: Predictions,
     gt: np.ndarray,
@@ -63,31 +118,17 @@ def score(
     ``masks`` (uint8 ``[n_obj, V, S, S]``, optional) adds the silhouette diagnostic: the
     share of predicted points projecting more than ``cell_px`` pixels (one renderer
     cell) outside at least one of the object's ground-truth silhouettes."""
-    n_obj, V = preds.points.shape[:2]
-    valid_gt = valid_gt_mask(gt)
-    finite = np.isfinite(preds.points).reshape(n_obj, V, -1).all(-1)  # [n_obj, V]
+    valid_gt, finite, nan_views = _usable(preds, gt, strict)
     ids = preds.object_ids
-    if not valid_gt.all():
-        bad = [ids[i] for i in np.nonzero(~valid_gt)[0]]
-        msg = f"{len(bad)} object(s) without usable ground truth: {bad[:10]}"
-        if strict:
-            raise ValueError(msg)
-        warnings.warn(msg + " (skipped, counted in 'skipped')", stacklevel=2)
-    nan_views = [(ids[o], int(v)) for o, v in zip(*np.nonzero(~finite)) if valid_gt[o]]
-    if nan_views:
-        msg = f"{len(nan_views)} view(s) with NaN/inf predicted points: {nan_views[:10]}"
-        if strict:
-            raise ValueError(msg)
-        warnings.warn(msg + " (skipped, counted in 'skipped')", stacklevel=2)
     q_al = al.tensor() if al is not None else None
     per_obj = []
     prec_all, cov_all, pose_all, bad_pose = [], [], [], []
     far_all, trim_all, out_all, far_out_all = [], [], [], []
-    it = range(n_obj)
+    it = range(len(valid_gt))
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="score", unit="obj")
+        it = tqdm(it, desc="score", unit="obj", disable=None)  # off when not a tty
     for o in it:
         if not valid_gt[o]:
             continue
@@ -97,34 +138,15 @@ def score(
             p = torch.from_numpy(preds.points[o, vs])
             if q_al is not None:
                 p = align_points(p.double(), q_al).float()
-            outside = None
-            cams = has_quat(q_gt[o])
-            if masks is not None and cams.any():
-                m = torch.from_numpy(np.array(masks[o][cams], np.float32) / 255.0)
-                outside = outside_silhouettes(
-                    p,
-                    mask_distance_maps(m, m.shape[-1]),
-                    torch.from_numpy(np.array(q_gt[o][cams], np.float32)),
-                    cell_px,
-                )
-            prec, cov, diag = shape_metrics_detailed(
-                p,
-                torch.from_numpy(np.array(gt[o], np.float32))[None],
-                backend=chamfer_backend,
-                outside=outside,
-            )
-            row["precision"] = (prec * 100).tolist()
-            row["coverage"] = (cov * 100).tolist()
-            row["far_fraction"] = diag["far_fraction"].tolist()
-            row["precision_near95"] = (diag["precision_near95"] * 100).tolist()
+            outside = None if masks is None else _outside(p, masks[o], q_gt[o], cell_px)
+            row.update(_shape_row(p, gt[o], outside, chamfer_backend))
             prec_all += row["precision"]
             cov_all += row["coverage"]
             far_all += row["far_fraction"]
             trim_all += row["precision_near95"]
             if outside is not None:
-                row["outside_fraction"] = diag["outside_fraction"].tolist()
                 out_all += row["outside_fraction"]
-                far_out_all += diag["far_outside_fraction"].tolist()
+                far_out_all += row.pop("_far_outside_fraction")
         if preds.predicts_pose:
             ok = np.isfinite(preds.quat[o]).all(-1) & has_quat(q_gt[o])
             bad_pose += [(ids[o], int(v)) for v in np.nonzero(~ok)[0]]
@@ -140,9 +162,7 @@ def score(
         raise ValueError("no view could be scored: every prediction is NaN or has no ground truth")
     if bad_pose:
         msg = f"{len(bad_pose)} view(s) with a non-finite or missing pose: {bad_pose[:10]}"
-        if strict:
-            raise ValueError(msg)
-        warnings.warn(msg + " (skipped in the pose metrics, counted in 'skipped')", stacklevel=2)
+        _skip_or_raise(msg + " (skipped in the pose metrics, counted in 'skipped')", strict)
     if preds.predicts_pose and not pose_all:
         raise ValueError("no view has both a finite predicted pose and a ground-truth pose")
     res = {
@@ -187,11 +207,16 @@ def score(
 def baselines(reader, split, gt, valid_gt, with_pose: bool, gt_dense: bool = False) -> dict:
     """Mean-shape (Chamfer medoid of train) and mean-view baselines on the same objects."""
     out = {}
-    if "train" not in reader.splits:
-        warnings.warn("no train split: baselines skipped", stacklevel=2)
+    if "train" not in reader.splits or len(reader.splits["train"]) == 0:
+        out["note"] = "no train objects in this data set: baselines skipped"
+        warnings.warn(out["note"], stacklevel=2)
         return out
     train_gt = load_gt(reader, "train", gt_dense)
     tv = valid_gt_mask(train_gt)
+    if not tv.any():
+        out["note"] = "no train object with ground truth: baselines skipped"
+        warnings.warn(out["note"], stacklevel=2)
+        return out
     idx, cloud = chamfer_medoid(train_gt[tv])
     out["mean_shape"] = {
         **mean_shape_baseline(cloud, gt, valid_gt),

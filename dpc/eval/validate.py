@@ -11,7 +11,7 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
   ``model.pose_flip_candidates`` their flips included).
 * unless ``val.eval_metrics=false``, the evaluation metrics from a cloud (and pose)
   predicted from every view (docs/CONTRACTS.md, "Evaluation"): ``precision``,
-  ``coverage``, ``chamfer`` (x100, SPEC section 6), ``num_views`` (``nan_views`` when some
+  ``coverage``, ``chamfer`` (x100, docs/METHOD.md 6), ``num_views`` (``nan_views`` when some
   were skipped), and for pose-predicting runs ``pose_accuracy`` (fraction < 30 degrees),
   ``pose_median_deg`` and ``alignment_deg`` (angle of the global alignment rotation, for
   watching the frame drift). Unless an ``alignment`` is given, it is *fitted on the same
@@ -24,8 +24,8 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
 
 Also returned: ``clouds`` ``[c, N, 3]`` (first view of the first objects, in the
 ground-truth frame when aligned) and ``gt_clouds`` ``[c, P, 3]``, for
-:func:`wandb_payload`. Costs on 2 CPU cores (16 objects x 5 views, 8000 points): seconds;
-ICP for pose-predicting runs adds about 1-3 s.
+:func:`dpc.training.logging.wandb_payload`. Costs on 2 CPU cores (16 objects x 5 views,
+8000 points): seconds; ICP for pose-predicting runs adds about 1-3 s.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
 from dpc.eval.pose_report import pose_report
 from dpc.eval.pose_report import scalars as report_scalars
-from dpc.eval.predict import Predictions, predict_split
+from dpc.eval.predictions import Predictions, predict_split
 from dpc.losses import per_view_l2
 from dpc.render import build_renderer, final_sigma
 
@@ -73,9 +73,7 @@ def validate(
     sigma = float(v.sigma) if v.sigma is not None else final_sigma(cfg)
     # fixed views per object: those of "step" i of a dedicated sampler, object i
     views = min(int(v.views), reader.num_views)
-    sampler = build_batch_sampler(
-        cfg, reader, split, 1, views, int(cfg.seed) + 12345, with_targets=False
-    )
+    sampler = build_batch_sampler(cfg, reader, split, 1, views, int(cfg.seed) + 12345)
     n = min(int(v.num_objects), sampler.n)
     was_training = model.training
     model.eval()
@@ -218,23 +216,3 @@ def scalars(result: dict) -> dict[str, float]:
     return {k: float(x) for k, x in result.items() if isinstance(x, (int, float))}
 
 
-def wandb_payload(
-    result: dict, wandb_module=None, max_points: int = 4000, prefix: str = "val"
-) -> dict:
-    """:func:`validate`'s result as a ``wandb.log`` dict: the scalars as ``<prefix>/<name>``
-    and each returned cloud as ``<prefix>/cloud_<i>`` ``wandb.Object3D`` (prediction in
-    red next to the GT in grey, shifted by +1 along x), subsampled to ``max_points``."""
-    if wandb_module is None:
-        import wandb as wandb_module
-    out = {f"{prefix}/{k}": x for k, x in scalars(result).items()}
-    rng = np.random.default_rng(0)
-    for i, cloud in enumerate(result.get("clouds", [])):
-        gt = result["gt_clouds"][i]
-        sel = lambda a: a[rng.choice(len(a), min(len(a), max_points), replace=False)]  # noqa: E731
-        p, g = sel(cloud), sel(gt) + np.array([1.0, 0.0, 0.0], np.float32)
-        rgb = np.concatenate(
-            [np.tile([230, 60, 50], (len(p), 1)), np.tile([150, 150, 150], (len(g), 1))]
-        )
-        pts = np.concatenate([np.concatenate([p, g]), rgb], 1)
-        out[f"{prefix}/cloud_{i}"] = wandb_module.Object3D(pts)
-    return out

@@ -1,4 +1,5 @@
-"""Networks: image encoder, point decoder, occupancy scale, pose heads (SPEC section 2)."""
+"""Networks: image encoder, point decoder, occupancy scale, pose heads (docs/METHOD.md,
+section 2)."""
 
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder

@@ -1,4 +1,4 @@
-"""Point-cloud decoder and occupancy-scale head (SPEC section 2)."""
+"""Point-cloud decoder and occupancy-scale head (docs/METHOD.md, section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Image encoder (SPEC section 2): conv stack -> FC 1024 x 3 (shape code) + pose code."""
+"""Image encoder (docs/METHOD.md, section 2): conv stack -> FC 1024 x 3 (shape code) + pose code."""
 
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from dpc.camera import with_flipped_candidates
@@ -60,10 +62,7 @@ class DPCModel(nn.Module):
         self.max_scale = max_scale
         self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
         if flip_candidates and not predict_pose:
-            raise ValueError(
-                "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
-                "predicted pose candidates; camera supervision has none)"
-            )
+            raise ValueError("flip_candidates needs predict_pose (it flips the pose candidates)")
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
@@ -121,25 +120,39 @@ class DPCModel(nn.Module):
         return ModelOutput(points, scale, colors, cands, student)
 
 
+# The networks' defaults: the config group's file, the one place they are written (also
+# for older runs' saved configs that lack a newer key).
+DEFAULTS = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/model/dpc.yaml")
+
+
+def model_group(cfg):
+    """The full config's ``model`` group over :data:`DEFAULTS` (every key present)."""
+    return OmegaConf.merge(DEFAULTS, cfg.model)
+
+
+# DPCModel argument -> its key in the config's model group
+CONFIG_KEYS = {
+    "num_points": "pc_num_points",
+    "base_channels": "encoder_base_channels",
+    "fc_dim": "fc_dim",
+    "rgb": "pc_rgb",
+    "max_scale": "pc_occupancy_scaling_maximum",
+    "predict_pose": "predict_pose",
+    "num_candidates": "pose_predict_num_candidates",
+    "student": "pose_predictor_student",
+    "points_init_std": "pc_decoder_init_stddev",
+    "learn_scale": "pc_learn_occupancy_scaling",
+    "pose_code_activation": "pose_code_activation",
+    "flip_candidates": "pose_flip_candidates",
+    "flip_axis": "pose_flip_axis",
+}
+
+
 def build_model(cfg) -> DPCModel:
     """Build the network from the full training config (``cfg.model``, ``cfg.data``)."""
-    m = cfg.model
-    return DPCModel(
-        image_size=int(cfg.data.image_size),
-        num_points=int(m.pc_num_points),
-        base_channels=int(m.encoder_base_channels),
-        fc_dim=int(m.fc_dim),
-        rgb=bool(m.pc_rgb),
-        max_scale=float(m.pc_occupancy_scaling_maximum),
-        predict_pose=bool(m.predict_pose),
-        num_candidates=int(m.pose_predict_num_candidates),
-        student=bool(m.pose_predictor_student),
-        points_init_std=float(m.pc_decoder_init_stddev),
-        learn_scale=bool(m.get("pc_learn_occupancy_scaling", True)),
-        pose_code_activation=str(m.get("pose_code_activation", "leaky_relu")),
-        flip_candidates=bool(m.get("pose_flip_candidates", False)),
-        flip_axis=str(m.get("pose_flip_axis", "camera")),
-    )
+    m = model_group(cfg)
+    args = {arg: m[key] for arg, key in CONFIG_KEYS.items()}
+    return DPCModel(image_size=int(cfg.data.image_size), **args)
 
 
 def candidate_count(cfg) -> int:
@@ -147,10 +160,16 @@ def candidate_count(cfg) -> int:
     :attr:`DPCModel.num_candidates` of :func:`build_model`'s model (the range of the
     winner index): 1 under camera supervision, else the heads' M, times 2 with
     ``model.pose_flip_candidates``."""
-    m = cfg.model
+    m = model_group(cfg)
+    flip = bool(m.pose_flip_candidates)
+    if flip and not m.predict_pose:
+        raise ValueError(
+            "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
+            "predicted pose candidates; camera supervision has none)"
+        )
     if not m.predict_pose:
         return 1
-    return int(m.pose_predict_num_candidates) * (2 if m.get("pose_flip_candidates", False) else 1)
+    return int(m.pose_predict_num_candidates) * (2 if flip else 1)
 
 
 def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:

@@ -1,4 +1,4 @@
-"""Pose heads (SPEC section 2): M candidate quaternion heads and a student head."""
+"""Pose heads (docs/METHOD.md, section 2): M candidate quaternion heads and a student head."""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ from dpc.render.pipeline import (
     RenderOutput,
     RenderSettings,
     build_renderer,
+    dropout_indices,
     final_sigma,
-    point_dropout,
+    kept_count,
 )
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "RenderOutput",
     "RenderSettings",
     "build_renderer",
+    "dropout_indices",
     "final_sigma",
-    "point_dropout",
+    "kept_count",
 ]

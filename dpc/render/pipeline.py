@@ -1,4 +1,4 @@
-"""The differentiable point-cloud renderer (SPEC section 3).
+"""The differentiable point-cloud renderer (docs/METHOD.md, section 3).
 
 transform -> splat -> clip -> blur -> occupancy scale -> clip -> projection.
 """
@@ -7,47 +7,76 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import kernels
 from dpc.camera import CAMERA_DISTANCE, FOCAL_LENGTH, world_to_grid
-from kernels._utils import check_kernel, check_scale, check_tensor
+
+# The renderer's defaults: the config group's file, the one place they are written (the
+# fields below and the settings of older runs' saved configs that lack a newer key).
+DEFAULTS = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/render/default.yaml")
+# RenderSettings field -> its key in the config's render group
+CONFIG_KEYS = {
+    "vox_size": "vox_size",
+    "kernel_size": "pc_gauss_kernel_size",
+    "projection": "projection",
+    "backend": "backend",
+    "kernel_variant": "kernel_variant",
+    "drc_logsum": "drc_logsum",
+    "drc_logsum_clip_val": "drc_logsum_clip_val",
+    "pc_rgb_clip_after_conv": "pc_rgb_clip_after_conv",
+    "normalize_colors": "pc_rgb_divide_by_occupancies",
+    "pc_rgb_divide_by_occupancies_epsilon": "pc_rgb_divide_by_occupancies_epsilon",
+    "pc_rgb_divide_by_raw_occupancies": "pc_rgb_divide_by_raw_occupancies",
+}
+_D = {field: DEFAULTS[key] for field, key in CONFIG_KEYS.items()}
+
+
+def render_group(cfg):
+    """A config's ``render`` group (the full config or the group itself) over
+    :data:`DEFAULTS`: every key present, also for older runs' saved configs."""
+    r = cfg.render if "render" in cfg else cfg
+    return OmegaConf.merge(DEFAULTS, r)
 
 
 @dataclass
 class RenderSettings:
-    """Renderer configuration (original DPC key names in brackets)."""
+    """Renderer configuration (original DPC key names in brackets; defaults:
+    configs/render/default.yaml)."""
 
-    vox_size: int = 64  # grid / image size G [vox_size]
+    vox_size: int = _D["vox_size"]  # grid / image size G [vox_size]
     vox_size_z: int | None = None  # depth cells, None = vox_size [vox_size_z]
-    kernel_size: int = 21  # blur taps, odd [pc_gauss_kernel_size]
+    kernel_size: int = _D["kernel_size"]  # blur taps, odd [pc_gauss_kernel_size]
     camera_distance: float = CAMERA_DISTANCE  # [camera_distance]
     focal_length: float = FOCAL_LENGTH  # relative to image width [focal_length]
     max_depth: float = 10.0  # depth of escaping rays [max_depth]
     background: float = 1.0  # colour of escaping rays (white)
-    projection: Literal["drc", "max"] = "drc"  # ray termination, or PTN max baseline
+    projection: Literal["drc", "max"] = _D["projection"]  # ray termination, or PTN max
     # divide the colour volume by the smoothed occupancy [pc_rgb_divide_by_occupancies]
-    normalize_colors: bool = True
-    backend: Literal["auto", "reference", "triton", "cpu"] = "auto"
+    normalize_colors: bool = _D["normalize_colors"]
+    backend: Literal["auto", "reference", "triton", "cpu"] = _D["backend"]
     # Triton kernels for smoothing + projection: "passes" (blur passes, then the
     # projection) or "fused" (kernels/fused.py: about half the memory traffic; training
     # path only). The default moves to the faster one once a GPU has timed both.
-    kernel_variant: Literal["passes", "fused"] = "passes"
+    kernel_variant: Literal["passes", "fused"] = _D["kernel_variant"]
     # Fidelity switches (docs/training.md, "Fidelity switches"): dpc's behaviour by
     # default. drc_logsum skips the fused kernel (no clip between its blur and projection).
-    drc_logsum: bool = False  # ray termination in log space, o clipped [drc_logsum]
-    drc_logsum_clip_val: float = 1e-5  # that clip c: o in [c, 1 - c] [drc_logsum_clip_val]
+    drc_logsum: bool = _D["drc_logsum"]  # ray termination in log space, o clipped
+    drc_logsum_clip_val: float = _D["drc_logsum_clip_val"]  # that clip c: o in [c, 1 - c]
     # colour sums clipped to [0, 1]: None never (dpc), False before the blur (original),
     # True after the division [pc_rgb_clip_after_conv]
-    pc_rgb_clip_after_conv: bool | None = None
+    pc_rgb_clip_after_conv: bool | None = _D["pc_rgb_clip_after_conv"]
     # epsilon of the colour division (original 0.01) [pc_rgb_divide_by_occupancies_epsilon]
-    pc_rgb_divide_by_occupancies_epsilon: float = 1e-4
+    pc_rgb_divide_by_occupancies_epsilon: float = _D["pc_rgb_divide_by_occupancies_epsilon"]
     # divide by the blurred *raw* occupancy (unclipped, unscaled, no gradient) as the
     # original does, instead of the blurred clipped one (dpc)
-    pc_rgb_divide_by_raw_occupancies: bool = False
+    pc_rgb_divide_by_raw_occupancies: bool = _D["pc_rgb_divide_by_raw_occupancies"]
 
     def __post_init__(self):
         if not 0.0 < float(self.drc_logsum_clip_val) < 0.5:
@@ -72,24 +101,9 @@ class RenderSettings:
     @classmethod
     def from_cfg(cls, cfg) -> RenderSettings:
         """The settings of a training config's ``render`` group (the full config or the
-        group itself); configs of older runs without ``projection``/``backend`` get the
-        defaults."""
-        r = cfg.render if "render" in cfg else cfg
-        return cls(
-            vox_size=int(r.vox_size),
-            kernel_size=int(r.pc_gauss_kernel_size),
-            projection=str(r.get("projection", "drc")),
-            backend=str(r.get("backend", "auto")),
-            kernel_variant=str(r.get("kernel_variant", "passes")),
-            drc_logsum=bool(r.get("drc_logsum", False)),
-            drc_logsum_clip_val=float(r.get("drc_logsum_clip_val", 1e-5)),
-            pc_rgb_clip_after_conv=r.get("pc_rgb_clip_after_conv", None),
-            normalize_colors=bool(r.get("pc_rgb_divide_by_occupancies", True)),
-            pc_rgb_divide_by_occupancies_epsilon=float(
-                r.get("pc_rgb_divide_by_occupancies_epsilon", 1e-4)
-            ),
-            pc_rgb_divide_by_raw_occupancies=bool(r.get("pc_rgb_divide_by_raw_occupancies", False)),
-        )
+        group itself); keys an older run's config lacks get :data:`DEFAULTS`."""
+        r = render_group(cfg)
+        return cls(**{field: r[key] for field, key in CONFIG_KEYS.items()})
 
 
 def build_renderer(cfg) -> PointCloudRenderer:
@@ -101,7 +115,9 @@ def build_renderer(cfg) -> PointCloudRenderer:
 def final_sigma(cfg) -> float:
     """The blur std (cells) at the end of training, ``render.pc_relative_sigma_end``: what
     validation, evaluation and pictures render trained clouds with."""
-    return float(cfg.render.get("pc_relative_sigma_end", 0.2) or 0.2)
+    r = render_group(cfg)
+    return float(r.pc_relative_sigma_end if r.pc_relative_sigma_end is not None
+                 else DEFAULTS.pc_relative_sigma_end)  # fmt: skip
 
 
 class RenderOutput(NamedTuple):
@@ -112,27 +128,60 @@ class RenderOutput(NamedTuple):
     probs: Tensor | None  # [B, D+1, G, G]
 
 
-def point_dropout(
-    points: Tensor,  # [B, N, 3]
-    keep_fraction: float,
-    colors: Tensor | None = None,  # [B, N, C]
+def kept_count(keep: float, num_points: int, per_view: bool = False) -> int:
+    """How many of ``num_points`` point dropout keeps at keep fraction ``keep`` (at least
+    1): dpc's ``ceil(keep * N)``, or with ``per_view`` the original's ``floor(keep * N)``
+    (it casts to int; a tolerance keeps 0.29 * 100 = 28.999999999999996 at 29). dpc's
+    ceil has no such tolerance (0.07 * 100 keeps 8): changing it would change trained
+    runs."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep}")
+    if per_view:
+        return max(1, int(np.floor(keep * num_points + 1e-9)))
+    return max(1, int(np.ceil(keep * num_points)))
+
+
+def dropout_indices(
+    keep: float,
+    num_points: int,
+    rows: tuple[int, ...],
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Keep a random ``ceil(keep_fraction * N)`` of the points (the same count for every
-    batch element, a different subset each). Returns the kept points (and colours)."""
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    B, N, _ = points.shape
-    # The tolerance keeps e.g. 0.07 * 100 = 7.000000000000001 from rounding up to 8.
-    n_keep = max(1, math.ceil(keep_fraction * N - 1e-9))
-    if n_keep >= N:
-        return points, colors
-    scores = torch.rand(B, N, generator=generator, device="cpu").to(points.device)
-    idx = scores.argsort(dim=1)[:, :n_keep]  # [B, n_keep]
-    pts = torch.gather(points, 1, idx[..., None].expand(B, n_keep, 3))
+    per_view: bool = False,
+) -> Tensor | None:
+    """Point dropout, the one implementation: per row of ``rows`` (e.g. ``(B,)`` or
+    ``(B, V)``) the indices ``[*rows, n_keep]`` of a random subset of the points
+    (:func:`kept_count`; uniform scores drawn on the CPU from ``generator``, so every
+    device draws the same subset); None when all are kept."""
+    n_keep = kept_count(keep, num_points, per_view)
+    if n_keep >= num_points:
+        return None
+    scores = torch.rand(*rows, num_points, generator=generator)
+    return scores.argsort(dim=-1)[..., :n_keep]
+
+
+def _check_inputs(points: Tensor, quat: Tensor, scale: Tensor | None, colors: Tensor | None):
+    """Clear errors for inputs of the wrong shape or dtype (shapes only, no values)."""
+    B = points.shape[0] if isinstance(points, Tensor) else -1
+    want = {"points": (points, (B, None, 3)), "quat": (quat, (B, 4))}
+    if scale is not None:
+        want["scale"] = (scale, (B,))
     if colors is not None:
-        colors = torch.gather(colors, 1, idx[..., None].expand(B, n_keep, colors.shape[-1]))
-    return pts, colors
+        want["colors"] = (colors, (B, points.shape[1], None))
+    for name, (x, shape) in want.items():
+        ok = isinstance(x, Tensor) and x.is_floating_point() and x.dim() == len(shape)
+        if not ok or any(n is not None and n != m for n, m in zip(shape, x.shape)):
+            text = ", ".join("?" if n is None else str(n) for n in shape)
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a floating tensor [{text}], got {got}")
+
+
+def _check_blur(sigma: float, kernel_size: int) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+    if not math.isfinite(float(sigma)) or float(sigma) <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
 
 
 class PointCloudRenderer(nn.Module):
@@ -141,7 +190,7 @@ class PointCloudRenderer(nn.Module):
     def __init__(self, settings: RenderSettings | None = None, **overrides):
         super().__init__()
         self.settings = settings or RenderSettings(**overrides)
-        check_kernel(1.0, self.settings.kernel_size)
+        _check_blur(1.0, self.settings.kernel_size)
 
     def forward(
         self,
@@ -150,7 +199,6 @@ class PointCloudRenderer(nn.Module):
         sigma: float,  # blur std in cells (annealed by the trainer)
         scale: Tensor | None = None,  # [B] occupancy scale in (0, 1], None = 1
         colors: Tensor | None = None,  # [B, N, C] per-point features, e.g. RGB
-        translation: Tensor | None = None,  # [B, 3] camera-frame translation
         keep_fraction: float = 1.0,  # point dropout: fraction of points projected
         generator: torch.Generator | None = None,  # for the dropout subset
         return_depth: bool = False,
@@ -162,21 +210,8 @@ class PointCloudRenderer(nn.Module):
         # (a sync per step that also blocks CUDA-graph capture). Non-finite inputs
         # surface as NaN images (`poison` below), hence a non-finite loss, which the
         # training loop checks (dpc.train).
-        check_tensor("points", points, ndim=3, last=3)
-        check_tensor("quat", quat, ndim=2, last=4)
-        if quat.shape[0] != points.shape[0]:
-            raise ValueError(
-                f"quat must be [B, 4] with B={points.shape[0]}, got {tuple(quat.shape)}"
-            )
-        check_scale(scale, points.shape[0])
-        if colors is not None:
-            check_tensor("colors", colors, ndim=3)
-            if colors.shape[:2] != points.shape[:2]:
-                raise ValueError(
-                    f"colors must be [B, N, C] matching points {tuple(points.shape[:2])}, "
-                    f"got {tuple(colors.shape)}"
-                )
-        check_kernel(sigma, s.kernel_size)
+        _check_inputs(points, quat, scale, colors)
+        _check_blur(sigma, s.kernel_size)
         # 0 * inf = NaN: a view whose points or pose are not finite gets NaN images (the
         # splat would drop NaN points silently), so the training loop's non-finite-loss
         # check sees it, without a host sync here. O(N) per view.
@@ -184,9 +219,13 @@ class PointCloudRenderer(nn.Module):
         if scale is not None:  # the kernels' clamps (tl.minimum/maximum) may drop a NaN
             poison = poison + scale.detach().to(poison.dtype) * 0
 
-        if keep_fraction < 1.0:
-            points, colors = point_dropout(points, keep_fraction, colors, generator)
-        grid_pts = world_to_grid(points, quat, translation, s.camera_distance, s.focal_length)
+        idx = dropout_indices(keep_fraction, points.shape[1], points.shape[:1], generator)
+        if idx is not None:
+            idx = idx.to(points.device)[..., None]
+            points = torch.gather(points, 1, idx.expand(-1, -1, 3))
+            if colors is not None:
+                colors = torch.gather(colors, 1, idx.expand(-1, -1, colors.shape[-1]))
+        grid_pts = world_to_grid(points, quat, None, s.camera_distance, s.focal_length)
         occ, feat = kernels.splat_points(grid_pts, s.size, colors, backend=s.backend)
         if (
             s.kernel_variant == "fused"

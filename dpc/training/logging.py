@@ -194,3 +194,43 @@ class ProgressLine:
             f"step {step + 1}/{self.total} | loss {loss:.4g} | {rate:.2f} it/s | "
             f"ETA {format_eta(eta)}" + (f" | {extra}" if extra else "")
         )
+
+
+def wandb_payload(
+    result: dict, wandb_module=None, max_points: int = 4000, prefix: str = "val"
+) -> dict:
+    """:func:`dpc.eval.validate.validate`'s result as a ``wandb.log`` dict: the scalars as
+    ``<prefix>/<name>`` and each returned cloud as ``<prefix>/cloud_<i>``
+    ``wandb.Object3D`` (prediction in red next to the GT in grey, shifted by +1 along x),
+    subsampled to ``max_points``."""
+    if wandb_module is None:
+        import wandb as wandb_module
+    from dpc.eval.validate import scalars
+
+    out = {f"{prefix}/{k}": x for k, x in scalars(result).items()}
+    rng = np.random.default_rng(0)
+    for i, cloud in enumerate(result.get("clouds", [])):
+        gt = result["gt_clouds"][i]
+        sel = lambda a: a[rng.choice(len(a), min(len(a), max_points), replace=False)]  # noqa: E731
+        p, g = sel(cloud), sel(gt) + np.array([1.0, 0.0, 0.0], np.float32)
+        rgb = np.concatenate(
+            [np.tile([230, 60, 50], (len(p), 1)), np.tile([150, 150, 150], (len(g), 1))]
+        )
+        pts = np.concatenate([np.concatenate([p, g]), rgb], 1)
+        out[f"{prefix}/cloud_{i}"] = wandb_module.Object3D(pts)
+    return out
+
+
+def wandb_histograms(rep: dict, wandb_module=None, prefix: str = "val/") -> dict:
+    """``{prefix}pose_error_deg_<paper|robust>``: ``wandb.Histogram`` (5 degree bins over
+    0-180) of the per-view pose errors of a report made with ``keep_errors=True``; front/back
+    flips show up as a second peak near 180."""
+    if wandb_module is None:
+        import wandb as wandb_module
+    out = {}
+    for name in ("paper", "robust"):
+        e = rep.get(name, {}).get("errors_deg")
+        if e:
+            hist = np.histogram(np.asarray(e), bins=36, range=(0.0, 180.0))
+            out[f"{prefix}pose_error_deg_{name}"] = wandb_module.Histogram(np_histogram=hist)
+    return out

@@ -12,13 +12,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from dpc.cli import CONFIGS
 from dpc.data import open_training_data
-from dpc.eval.pose_report import wandb_histograms
-from dpc.eval.validate import scalars, validate, wandb_payload
-from dpc.losses import l2_weight_decay
-from dpc.training.checkpoint import unwrap
-from dpc.training.config import CONFIGS
-from dpc.training.logging import ProgressLine, RunLogger, format_eta
+from dpc.eval.validate import scalars, validate
+from dpc.runs import unwrap
+from dpc.training.distributed import resolve_device, setup_distributed
+from dpc.training.logging import (
+    ProgressLine,
+    RunLogger,
+    format_eta,
+    wandb_histograms,
+    wandb_payload,
+)
+from dpc.training.optim import l2_weight_decay
 from dpc.training.preview import training_preview
 from dpc.training.step import StepOutput
 
@@ -34,13 +40,14 @@ def check_loss_config(loss) -> None:
             raise ValueError(f"loss.{key} must be >= 0, got {value}")
 
 
-def check_model_config(model) -> None:
-    """Clear errors for model settings that do not fit together."""
-    if model.get("pose_flip_candidates", False) and not model.predict_pose:
-        raise ValueError(
-            "model.pose_flip_candidates=true needs model.predict_pose=true (it flips the "
-            "predicted pose candidates; camera supervision has none)"
-        )
+def start_process(cfg) -> tuple[int, int, int, torch.device]:
+    """``(rank, world size, local rank, device)`` of this process (DDP under torchrun),
+    with torch's CPU threads set to ``trainer.num_threads``."""
+    rank, world, local_rank = setup_distributed(str(cfg.device))
+    device = resolve_device(str(cfg.device), local_rank)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    return rank, world, local_rank, device
 
 
 def open_data(cfg, is_main: bool, world: int):
@@ -71,6 +78,32 @@ def wrap_model(model: torch.nn.Module, cfg, device, world: int, local_rank: int)
     if cfg.trainer.compile:
         fwd = torch.compile(fwd)
     return fwd
+
+
+def update_or_skip(out, finite: bool, model, optimizer, cfg, step: int, n_bad: int, logger,
+                   save) -> int:  # fmt: skip
+    """Back-propagate ``out.loss`` and step the optimiser (weight decay: its parameter
+    groups) when the loss is finite on every rank; else skip the step, and after
+    ``trainer.nan_max_consecutive`` skips in a row save (``save(step, ...)`` returns the
+    checkpoint's path) and raise :class:`NonFiniteLossError`. Returns the number of
+    non-finite steps in a row."""
+    tr = cfg.trainer
+    if finite:
+        out.loss.backward()
+        if tr.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr.grad_clip))
+        optimizer.step()
+        return 0
+    n_bad += 1
+    logger.event(step, f"non-finite loss, step skipped ({n_bad} in a row)")
+    if n_bad >= int(tr.nan_max_consecutive):
+        # The weights have not changed since the last good step: save them.
+        path = save(step, stopped_by="non-finite loss")
+        raise NonFiniteLossError(
+            f"{n_bad} consecutive non-finite losses at step {step}; stopped. The last good "
+            f"state is in {path} (resume=<run dir> after fixing the cause, e.g. a lower optim.lr)"
+        )
+    return n_bad
 
 
 def sync_flags(loss: torch.Tensor, stop_requested: bool, world: int) -> tuple[bool, bool]:

@@ -1,17 +1,16 @@
-"""The optimiser of a training config (SPEC section 5)."""
+"""The optimiser of a training config (docs/METHOD.md, section 5)."""
 
 from __future__ import annotations
 
 import torch
-
-from dpc.losses import decay_parameters
+from torch import Tensor, nn
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Adam (``optim.lr``, ``optim.betas``, ``optim.eps``) with the paper's L2 weight decay
     as a parameter group: weight matrices and conv kernels get ``optim.weight_decay``
     (Adam adds ``weight_decay * w`` to their gradients, the gradient of
-    :func:`dpc.losses.l2_weight_decay`), biases none. A few CPU steps give bit-identical
+    :func:`l2_weight_decay`), biases none. A few CPU steps give bit-identical
     weights to adding that gradient by hand (tests/training/test_optim.py); note
     ``trainer.grad_clip`` clips the data-loss gradient only, before the decay is added.
     """
@@ -54,3 +53,17 @@ def upgrade_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, model
             k += 1
         groups.append({**old, "weight_decay": g["weight_decay"], "params": ids})
     return {"state": moved, "param_groups": groups}
+
+
+def l2_weight_decay(model: nn.Module, weight_decay: float) -> Tensor | float:
+    """``weight_decay * sum(w^2) / 2`` over weight matrices and conv kernels (not biases),
+    the original's ``l2_regularizer`` added to the loss."""
+    if weight_decay == 0:
+        return 0.0
+    sq = [p.square().sum() for n, p in model.named_parameters() if p.dim() > 1 and p.requires_grad]
+    return 0.5 * weight_decay * torch.stack(sq).sum()
+
+
+def decay_parameters(model: nn.Module) -> list[Tensor]:
+    """The parameters weight decay applies to: weight matrices and conv kernels."""
+    return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]

@@ -1,6 +1,6 @@
 """Simple previews for training: image panels and point-cloud renderings (PIL only).
 
-``python -m dpc.training.preview <run_dir> [--out PNG] [--n 6] [--split val]`` writes a
+``python -m dpc.training.preview run_dir=<run> [out=<png>] [n=6] [split=val]`` writes a
 PNG with titled columns, per validation object: the input image, the ground-truth mask,
 each pose candidate's silhouette (camera supervision: the ground-truth pose's) with its
 projection loss, and the predicted point cloud from two viewpoints
@@ -9,12 +9,13 @@ projection loss, and the predicted point cloud from two viewpoints
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from dpc.cli import run_command
 
 
 def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -26,29 +27,6 @@ def to_uint8(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if x.ndim == 2:
         x = np.repeat(x[..., None], 3, -1)
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
-
-
-def draw_points(
-    points: np.ndarray, size: int = 128, view: str = "side", colors: np.ndarray | None = None
-) -> np.ndarray:
-    """Orthographic drawing of ``points`` ``[N, 3]`` (object frame, y up) as uint8
-    ``[size, size, 3]``; ``view`` in side (looking along -z), front (along x), top (along
-    -y). Points are shaded by depth (near = dark) unless ``colors`` ``[N, 3]`` are given."""
-    axes = {"side": (0, 1, 2), "front": (2, 1, 0), "top": (0, 2, 1)}[view]
-    u, v, d = points[:, axes[0]], points[:, axes[1]], points[:, axes[2]]
-    if view == "top":
-        v = -v
-    px = np.clip(((u + 0.5) * (size - 1)).round().astype(int), 0, size - 1)
-    py = np.clip(((0.5 - v) * (size - 1)).round().astype(int), 0, size - 1)
-    order = np.argsort(-d)  # far first, near drawn last
-    img = np.full((size, size, 3), 255, np.uint8)
-    if colors is None:
-        shade = (40 + 160 * (d - d.min()) / max(np.ptp(d), 1e-6)).astype(np.uint8)
-        col = np.stack([shade, shade, np.full_like(shade, 220)], -1)
-    else:
-        col = (np.clip(colors, 0, 1) * 255).astype(np.uint8)
-    img[py[order], px[order]] = col[order]
-    return img
 
 
 def panel(
@@ -152,18 +130,19 @@ def preview_run(
     device: str = "cpu",
 ) -> Path:
     """Write the preview PNG of a run (default ``<run_dir>/preview.png``); returns its path."""
-    from dpc.camera import resize_masks
     from dpc.data import build_batch_sampler, open_training_data, prepare_images
-    from dpc.render import build_renderer, final_sigma
-    from dpc.training.checkpoint import load_run
+    from dpc.data.images import resize_masks
+    from dpc.render import PointCloudRenderer
+    from dpc.runs import open_run
 
-    model, cfg = load_run(run_dir, device)
+    run = open_run(run_dir, device)
+    model, cfg = run.model, run.cfg
     reader = open_training_data(cfg)
-    s = build_batch_sampler(cfg, reader, split, 1, 1, with_targets=False)
+    s = build_batch_sampler(cfg, reader, split, 1, 1)
     n = min(n, s.n)
-    renderer = build_renderer(cfg)
+    renderer = PointCloudRenderer(run.settings.render)
     G = renderer.settings.vox_size
-    sigma = final_sigma(cfg)
+    sigma = run.settings.final_sigma
     imgs, masks, sils, clouds = [], [], [], []
     for i in range(n):
         img = prepare_images(s.images[i, :1], s.image_size)
@@ -194,15 +173,12 @@ def preview_run(
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="PNG path (default <run_dir>/preview.png)")
-    p.add_argument("--n", type=int, default=6, help="number of objects")
-    p.add_argument("--split", default="val")
-    a = p.parse_args(argv)
-    print(preview_run(a.run_dir, a.out, a.n, a.split))
+    """``python -m dpc.training.preview run_dir=<run> [key=value ...]``."""
+
+    def run(a):
+        print(preview_run(str(a.run_dir), a.out, int(a.n), str(a.split), str(a.device)))
+
+    run_command("preview", run, argv, prog="dpc.training.preview")
 
 
 if __name__ == "__main__":

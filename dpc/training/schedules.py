@@ -1,4 +1,4 @@
-"""Annealing schedules (SPEC section 3), functions of the step counter only, so a resumed
+"""Annealing schedules (docs/METHOD.md, section 3), functions of the step counter only, so a resumed
 run continues them exactly."""
 
 from __future__ import annotations

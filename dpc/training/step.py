@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dpc.losses import winner_takes_all
-from dpc.models import candidate_count
 from dpc.render import PointCloudRenderer, RenderOutput
+from dpc.render import dropout_indices as render_dropout
 from dpc.training.selection import winner_spread
 from dpc.training.terms import StepContext, active_terms
 
@@ -40,26 +39,20 @@ def dropout_indices(
     device,
     views: int | None = None,
 ) -> Tensor | None:
-    """Point dropout: indices of the points kept at ``step`` (None = keep all).
+    """Training's point dropout at ``step`` (:func:`dpc.render.dropout_indices`): indices
+    of the kept points (None = keep all).
 
-    ``views=None`` (dpc): one subset per object, ``[b, n_keep]``, ``n_keep = ceil(keep *
-    N)``. ``views=V`` (``render.pc_point_dropout_per_view``, the original's): a different
-    subset for each of the V images rendered of an object (each view and pose candidate),
-    ``[b, V, n_keep]``, ``n_keep = floor(keep * N)`` as the original casts to int (with a
-    tolerance: 0.29 * 100 = 28.999999999999996 keeps 29). Drawn for the whole global batch
-    from a generator seeded by ``(seed, step)`` and then sliced, so DDP ranks and a single
-    process drop the same points of the same objects.
+    ``views=None`` (dpc): one subset per object, ``[b, n_keep]``. ``views=V``
+    (``render.pc_point_dropout_per_view``, the original's): a different subset for each of
+    the V images rendered of an object (each view and pose candidate), ``[b, V, n_keep]``,
+    rounded down as the original (:func:`dpc.render.kept_count`). Drawn for the whole
+    global batch from a generator seeded by ``(seed, step)`` and then sliced, so DDP ranks
+    and a single process drop the same points of the same objects.
     """
-    if views is None:
-        n_keep = max(1, int(np.ceil(keep * num_points)))
-    else:
-        n_keep = max(1, int(np.floor(keep * num_points + 1e-9)))
-    if n_keep >= num_points:
-        return None
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-    size = (global_batch, num_points) if views is None else (global_batch, views, num_points)
-    scores = torch.rand(*size, generator=g)[rank_slice]
-    return scores.argsort(dim=-1)[..., :n_keep].to(device)
+    rows = (global_batch,) if views is None else (global_batch, views)
+    idx = render_dropout(keep, num_points, rows, g, per_view=views is not None)
+    return None if idx is None else idx[rank_slice].to(device)
 
 
 def _per_image(x: Tensor, idx: Tensor | None, views: int) -> Tensor:
@@ -77,12 +70,6 @@ def _per_image(x: Tensor, idx: Tensor | None, views: int) -> Tensor:
     return x[:, None].expand(b, views, n, C).reshape(b * views, n, C)
 
 
-def num_candidates(cfg) -> int:
-    """How many candidate poses winner-takes-all chooses among (the range of
-    :attr:`StepOutput.winner`); :func:`dpc.models.candidate_count`."""
-    return candidate_count(cfg)
-
-
 def render_candidates(
     renderer: PointCloudRenderer, ctx: StepContext, sigma: float, keep: float,
     rank_slice: slice, color: bool, depth: bool,
@@ -90,7 +77,7 @@ def render_candidates(
     """Render every object's cloud (after point dropout) under each of its views' M
     candidate poses: ``[R, ...]``."""
     cfg, (b, K, M) = ctx.cfg, ctx.shape
-    per_view = bool(cfg.render.get("pc_point_dropout_per_view", False))
+    per_view = bool(cfg.render.pc_point_dropout_per_view)
     idx = dropout_indices(
         ctx.step, cfg.seed, int(cfg.trainer.batch_size), rank_slice, ctx.points.shape[1],
         keep, ctx.points.device, views=K * M if per_view else None,

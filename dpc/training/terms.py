@@ -110,10 +110,13 @@ class LossTerm:
     per_candidate: bool = True  # [b, K, M] into winner-takes-all; else a scalar after it
     selection: bool = False  # a [b, K, M] bias on which candidate wins, not in the loss
     renders: tuple[str, ...] = ()  # extra renderer outputs it reads: "depth", "color"
+    # extra batch maps it reads (dpc.data.build_batch_sampler's targets): "depth",
+    # "mask_distance", "mask_inner_distance", "full_res" (with loss.surface_full_res)
+    targets: tuple[str, ...] = ()
 
     def weight(self, cfg, step: int) -> float:
         """The term's weight at ``step`` (0 = off)."""
-        return 1.0 if self.key is None else float(cfg.loss.get(self.key, 0.0))
+        return 1.0 if self.key is None else float(cfg.loss[self.key])
 
     def applies(self, ctx: StepContext) -> bool:
         """Whether the term exists for this model at all (e.g. the student needs pose
@@ -125,7 +128,7 @@ class LossTerm:
 
 
 class Projection(LossTerm):
-    """Silhouette projection loss (SPEC 4): per view, half the summed squared difference
+    """Silhouette projection loss (docs/METHOD.md 4): per view, half the summed squared difference
     between the rendered and the target silhouette."""
 
     name = "projection_loss"
@@ -157,7 +160,7 @@ class Color(LossTerm):
 class Depth(LossTerm):
     """Expected-depth projection loss against the data set's depth maps."""
 
-    name, key, renders = "depth_loss", "depth_weight", ("depth",)
+    name, key, renders, targets = "depth_loss", "depth_weight", ("depth",), ("depth",)
 
     def __call__(self, ctx):
         G = ctx.render.depth.shape[-1]
@@ -168,10 +171,10 @@ class SilhouetteDistance(LossTerm):
     """Not in the paper: pulls points lying outside the silhouette back
     (:func:`dpc.losses.silhouette_distance`); off before ``loss.silhouette_distance_from_step``."""
 
-    name, key = "silhouette_distance", "silhouette_distance_weight"
+    name, key, targets = "silhouette_distance", "silhouette_distance_weight", ("mask_distance",)
 
     def weight(self, cfg, step):
-        if step < int(cfg.loss.get("silhouette_distance_from_step", 0)):
+        if step < int(cfg.loss.silhouette_distance_from_step):
             return 0.0  # e.g. off until unsupervised poses have settled
         return super().weight(cfg, step)
 
@@ -186,7 +189,7 @@ class SurfaceDepth(LossTerm):
     """Not in the paper: pulls points onto the depth maps' visible surface; per cloud and
     candidate, the min over the object's K views (:func:`dpc.losses.surface_depth_loss`)."""
 
-    name, key = "surface_depth", "surface_depth_weight"
+    name, key, targets = "surface_depth", "surface_depth_weight", ("depth", "full_res")
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -207,13 +210,13 @@ class DepthCoverage(LossTerm):
     ``loss.depth_coverage_samples`` sampled surface pixels is pulled to it (the same pixels
     for every candidate; :func:`dpc.losses.depth_coverage`)."""
 
-    name, key = "depth_coverage", "depth_coverage_weight"
+    name, key, targets = "depth_coverage", "depth_coverage_weight", ("depth", "full_res")
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
         depth, mask = ctx.surface_maps
         g = torch.Generator().manual_seed(int(ctx.cfg.seed) * 1_000_003 + int(ctx.step) + 7)
-        num = int(ctx.cfg.loss.get("depth_coverage_samples", 256))
+        num = int(ctx.cfg.loss.depth_coverage_samples)
         q, ok = depth_surface_samples(
             depth.flatten(0, 1), mask.flatten(0, 1), ctx.camera_distance, num, g
         )
@@ -229,7 +232,7 @@ class HullSurface(LossTerm):
     per cloud and candidate, the min over the object's K views
     (:func:`dpc.losses.hull_surface_loss`)."""
 
-    name, key = "hull_surface", "hull_surface_weight"
+    name, key, targets = "hull_surface", "hull_surface_weight", ("mask_inner_distance",)
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -240,8 +243,9 @@ class HullSurface(LossTerm):
 
 
 class Student(LossTerm):
-    """The student pose head pulled to each view's winning candidate (SPEC 4): ``1 - w^2``,
-    or the original's reference-point alignment with ``loss.pose_student_align_loss``."""
+    """The student pose head pulled to each view's winning candidate (docs/METHOD.md 4):
+    ``1 - w^2``, or the original's reference-point alignment with
+    ``loss.pose_student_align_loss``."""
 
     name, key, per_candidate = "student_loss", "pose_predictor_student_loss_weight", False
 
@@ -252,7 +256,7 @@ class Student(LossTerm):
         b, K, _ = ctx.shape
         teacher = ctx.quats.gather(2, ctx.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
         student = ctx.out.pose_student.float().view(b, K, 4)
-        if ctx.cfg.loss.get("pose_student_align_loss", False) is True:  # the original's form
+        if ctx.cfg.loss.pose_student_align_loss is True:  # the original's form
             ref = align_reference_points(device=student.device)
             return student_align_loss(student, teacher, ref)
         return student_loss(student, teacher)
@@ -268,7 +272,7 @@ class SpreadSelection(LossTerm):
         return bool(ctx.cfg.model.predict_pose)
 
     def __call__(self, ctx):
-        margin = float(ctx.cfg.loss.get("pose_spread_margin", 0.3))
+        margin = float(ctx.cfg.loss.pose_spread_margin)
         return spread_bias(ctx.quats, ctx.per_candidate, margin)[0]
 
 
@@ -311,3 +315,15 @@ def active_terms(ctx: StepContext, terms: list[LossTerm] | None = None):
             if w > 0:
                 out.append((t, w))
     return out
+
+
+def batch_targets(cfg, terms: list[LossTerm] | None = None) -> frozenset[str]:
+    """The extra batch maps the configured terms read (weight > 0 at some step), for
+    :func:`dpc.data.build_batch_sampler`."""
+    need = set()
+    for t in TERMS if terms is None else terms:
+        if t.key is None or float(cfg.loss[t.key]) > 0:
+            need.update(t.targets)
+    if not cfg.loss.surface_full_res:
+        need.discard("full_res")
+    return frozenset(need)

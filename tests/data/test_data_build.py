@@ -180,7 +180,7 @@ def test_ensure_dataset_and_cli(tmp_path, tiny_kwargs):
     assert cli(["build", "category=car", "preset=quick", f"root={root}", "train=2", "val=1",
                 "test=1", "image_size=16", "name=cli", "progress=false"]) == 0
     sheet = tmp_path / "sheet.png"
-    assert cli(["sheet", str(p), "--out", str(sheet), "--n", "4"]) == 0
+    assert cli(["sheet", f"path={p}", f"out={sheet}", "n=4"]) == 0
     from PIL import Image
 
     assert Image.open(sheet).size[0] > 3 * 32

@@ -241,7 +241,7 @@ def test_airplane_package_or_install_hint(tmp_path, capsys):
     how to install it."""
     missing = str(tmp_path / "no_flightgear")
     rc = _cli_args(["build", "category=airplane", f"source={missing}", f"root={tmp_path}"])
-    assert rc == 1
+    assert rc == 2
     assert "apt-get install -y flightgear-data-ai" in capsys.readouterr().err
     if not Path(DEBIAN_AI_FOLDER).is_dir():
         return  # the package is not installed here: the hint above is what users see

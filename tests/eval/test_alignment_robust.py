@@ -192,7 +192,7 @@ def test_bad_views_are_skipped_and_errors_are_clear():
 def test_wandb_histograms_show_the_flip_peak():
     import wandb
 
-    from dpc.eval.pose_report import wandb_histograms
+    from dpc.training.logging import wandb_histograms
 
     qp, qg, flip = _poses(20, 5, 0.3, seed=12, noise_deg=2.0)
     rep = pose_report(qp, qg, qp, qg, paper_alignment=Q_A.numpy(), keep_errors=True, warn=False)

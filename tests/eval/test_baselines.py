@@ -1,6 +1,7 @@
 """Baselines: the Chamfer medoid and the mean view have known answers on simple data."""
 
 import numpy as np
+import pytest
 import torch
 
 from dpc.camera import quat_from_axis_angle, random_quat
@@ -39,3 +40,21 @@ def test_mean_view_baseline():
     test = quat_mul(q, off).expand(3, 4).numpy()
     res = mean_view_baseline(train, test)
     assert res["accuracy"] == 0.0 and abs(res["median_deg"] - 90.0) < 1e-6
+
+
+def test_the_mean_shape_is_the_medoid_of_the_train_split_not_the_evaluated_one():
+    from dpc.data import synthetic_dataset
+    from dpc.eval.score import baselines, load_gt, valid_gt_mask
+
+    reader = synthetic_dataset({"train": 5, "test": 3}, num_views=2, image_size=16, num_points=400)
+    gt = load_gt(reader, "test", False)
+    valid = valid_gt_mask(gt)
+    out = baselines(reader, "test", gt, valid, with_pose=False)
+    train_gt = load_gt(reader, "train", False)
+    idx, cloud = chamfer_medoid(train_gt)
+    want = mean_shape_baseline(cloud, gt, valid)
+    assert out["mean_shape"]["train_object"] == reader.splits["train"][idx]
+    assert out["mean_shape"]["chamfer"] == pytest.approx(want["chamfer"], rel=1e-6)
+    # the test split's own medoid scores differently (better: it is one of the objects)
+    _, own = chamfer_medoid(gt)
+    assert mean_shape_baseline(own, gt, valid)["chamfer"] != pytest.approx(want["chamfer"])

@@ -11,12 +11,18 @@ import pytest
 import torch
 
 from dpc.camera import quat_conj, quat_from_axis_angle, quat_mul, quat_rotate, random_quat
+from dpc.cli import compose_options
 from dpc.eval.alignment import AlignmentResult
-from dpc.eval.predict import Predictions, write_ply
+from dpc.eval.predictions import Predictions, write_ply
 from dpc.eval.score import score
-from dpc.evaluate import evaluate
+from dpc.evaluate import run as run_evaluation
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def evaluate(**options) -> dict:
+    """dpc.evaluate with ``options`` (configs/eval.yaml's names) over the defaults."""
+    return run_evaluation(compose_options("eval", **options))
 
 
 def _scene(n_obj=3, V=4, N=800, seed=0):
@@ -170,7 +176,7 @@ def tiny_run(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from dpc.models import build_model
-    from dpc.training.checkpoint import save_checkpoint
+    from dpc.runs import save_checkpoint
 
     run_dir = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -247,10 +253,10 @@ def test_visualize_cli(tiny_run):
     im = Image.open(out / "obj0001.png")
     assert im.size[0] >= 4 * 64 and im.size[1] >= 3 * 64
     assert (out / "obj0001.html").exists()
-    from dpc.visualize import visualize
+    from dpc.visualize import run as write_pictures
 
     with pytest.raises(ValueError, match="out of range"):
-        visualize(run_dir=str(tiny_run), objects=[99], out=str(out))
+        write_pictures(compose_options("visualize", run_dir=str(tiny_run), objects=[99]))
 
 
 def test_run_dir_without_checkpoint(tmp_path):
@@ -279,7 +285,7 @@ def test_missing_dataset_is_a_clear_error_not_a_build(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from dpc.models import build_model
-    from dpc.training.checkpoint import save_checkpoint
+    from dpc.runs import save_checkpoint
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(
@@ -319,3 +325,34 @@ def test_cli_help_lists_the_options(module, options):
     assert f"python -m {module} run_dir=" in r.stdout
     for key in options:
         assert f"\n{key}:" in r.stdout, key
+
+
+@pytest.mark.filterwarnings("ignore:global alignment. only")
+def test_a_data_set_with_only_a_test_split(tiny_run, monkeypatch, capsys):
+    """As a new user evaluating a trained model on another data set that holds only a
+    test split: the error says what to do, the run's saved alignment can be reused
+    (alignment=<run dir or file>), and the baselines are skipped with a note."""
+    import dpc.evaluate
+    from dpc.data import synthetic_dataset
+
+    evaluate(run_dir=str(tiny_run), split="test", progress=False, baselines=False)
+    assert (tiny_run / "eval" / "alignment.json").exists()
+    only_test = synthetic_dataset({"test": 2}, num_views=5, image_size=32, num_points=300)
+    assert set(only_test.splits) == {"test"}
+    monkeypatch.setattr(dpc.evaluate, "open_run_data", lambda *a, **k: only_test)
+    with pytest.raises(ValueError, match=f"alignment=<run dir or alignment.json>.*{tiny_run}"):
+        evaluate(run_dir=str(tiny_run), split="test", progress=False, recompute_alignment=True)
+    out = tiny_run / "eval" / "only_test"
+    with pytest.warns(UserWarning, match="no train objects"):
+        res = evaluate(run_dir=str(tiny_run), split="test", progress=False, out=str(out),
+                       alignment=str(tiny_run))  # fmt: skip
+    assert "using the given alignment" in capsys.readouterr().out
+    assert res["baselines"] == {"note": "no train objects in this data set: baselines skipped"}
+    assert len(res["per_object"]) == 2 and "pose" in res
+    # the alignment file itself works as well; a missing one is a clear error
+    file = str(tiny_run / "eval" / "alignment.json")
+    res2 = evaluate(run_dir=str(tiny_run), split="test", progress=False, out=str(out),
+                    alignment=file, baselines=False)  # fmt: skip
+    assert res2["pose"] == res["pose"]
+    with pytest.raises(FileNotFoundError, match="no alignment file"):
+        evaluate(run_dir=str(tiny_run), progress=False, alignment=str(out / "none.json"))

@@ -6,8 +6,9 @@ import torch
 from omegaconf import OmegaConf
 
 from dpc.data import synthetic_dataset
-from dpc.eval.validate import validate, wandb_payload
+from dpc.eval.validate import validate
 from dpc.models import DPCModel, ModelOutput
+from dpc.training.logging import wandb_payload
 
 
 def _cfg(num_objects: int, predict_pose: bool, size: int = 16):
@@ -95,7 +96,7 @@ def test_no_student_picks_candidate_by_reprojection():
     best matches the input mask (here, forced: candidate 1 is the GT pose)."""
     import pytest
 
-    from dpc.eval.predict import predict_split
+    from dpc.eval.predictions import predict_split
     from dpc.render import PointCloudRenderer, RenderSettings
 
     reader = synthetic_dataset({"val": 2}, num_views=2, image_size=16, num_points=300)

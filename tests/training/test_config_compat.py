@@ -14,7 +14,7 @@ RESOLVED = Path(__file__).with_name("data") / "resolved"
 # tests patch dpc.training.step.compute_step instead)
 REMOVED = {"trainer.debug_nan_steps", "trainer.debug_step_sleep"}
 # old dotted key -> new dotted key (the student weight got the original's name; a number
-# under the old key still works, dpc.losses.normalize_loss_config)
+# under the old key still works, dpc.runs.normalize_loss_config)
 RENAMED = {"loss.pose_student_align_loss": "loss.pose_predictor_student_loss_weight"}
 # keys added since, with the value every experiment gets (the previous behaviour)
 ADDED = {

@@ -12,15 +12,11 @@ from train_testutils import TINY, compose_cfg
 
 import kernels
 from dpc.camera import quat_from_axis_angle, quat_rotate, random_quat
-from dpc.losses import (
-    align_reference_points,
-    normalize_loss_config,
-    student_align_loss,
-    student_loss,
-)
+from dpc.losses import align_reference_points, student_align_loss, student_loss
 from dpc.models import build_model
 from dpc.models.encoder import ImageEncoder
 from dpc.render import PointCloudRenderer, RenderSettings
+from dpc.runs import normalize_loss_config
 from dpc.training.step import compute_step, dropout_indices
 from kernels.reference import (
     blur3d_ref,
@@ -95,12 +91,50 @@ def test_logsum_projection_gradcheck():
     assert torch.autograd.gradcheck(f, (o, col))
 
 
+def _logsum_by_hand(o, col, c, camera_distance=2.0, max_depth=10.0, background=1.0):
+    """The original's log-space ray termination written out per ray with plain products
+    (an implementation independent of kernels.reference): o clipped to [c, 1 - c];
+    p_1 = e^c o_1, p_k = o_k prod_{j<k} (1 - o_j), escape e^c prod_j (1 - o_j) (its
+    "log unity" c); silhouette sum_k p_k, depth sum_k p_k d_k + escape max_depth, colour
+    sum_k p_k c_k + escape background."""
+    B, _, D, H, W = o.shape
+    sil, depth = torch.zeros(B, H, W, dtype=o.dtype), torch.zeros(B, H, W, dtype=o.dtype)
+    color = torch.zeros(B, col.shape[1], H, W, dtype=o.dtype)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                trans, s, d, cc = 1.0, 0.0, 0.0, torch.zeros(col.shape[1], dtype=o.dtype)
+                for k in range(D):
+                    ok = min(max(float(o[b, 0, k, i, j]), c), 1.0 - c)
+                    p = ok * trans * (math.exp(c) if k == 0 else 1.0)
+                    s, d = s + p, d + p * (camera_distance + k / D - 0.5)
+                    cc = cc + p * col[b, :, k, i, j]
+                    trans *= 1.0 - ok
+                escape = math.exp(c) * trans
+                sil[b, i, j], depth[b, i, j] = s, d + escape * max_depth
+                color[b, :, i, j] = cc + escape * background
+    return sil, depth, color
+
+
+def test_logsum_reference_matches_the_formula_written_out():
+    # the reference itself against an independent per-ray implementation (the backends
+    # below are checked against the reference)
+    g = torch.Generator().manual_seed(3)
+    o = torch.rand(2, 1, 5, 3, 3, generator=g, dtype=torch.float64)
+    o[:, :, 0, 0, 0] = 0.0
+    o[:, :, 1, 1, 1] = 1.0
+    o[:, :, :, 2, 2] = 0.0  # an empty ray
+    col = torch.rand(2, 3, 5, 3, 3, generator=g, dtype=torch.float64)
+    got = ray_project_ref(o, col, logsum_clip=1e-3)
+    for u, v in zip(got[:3], _logsum_by_hand(o, col, 1e-3)):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "backend",
     [
         "auto",
         "cpu",
-        "reference",
         # on CPU tensors through Triton's interpreter (tests/conftest.py)
         pytest.param(
             "triton", marks=pytest.mark.skipif(not kernels.has_triton(), reason="no triton")
@@ -370,7 +404,7 @@ def test_deprecated_numeric_key_maps_to_the_weight():
 
 
 def test_old_run_config_loads_with_the_new_key(tmp_path):
-    from dpc.training.checkpoint import load_run, save_checkpoint
+    from dpc.runs import open_run, save_checkpoint
 
     cfg = compose_cfg(TINY, run_dir=tmp_path)
     model = build_model(cfg)
@@ -380,7 +414,7 @@ def test_old_run_config_loads_with_the_new_key(tmp_path):
     loss["pose_student_align_loss"] = 7.0  # as runs saved it before the rename
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", model, None, 1, old)
     with pytest.warns(DeprecationWarning):
-        _, got = load_run(tmp_path)
+        got = open_run(tmp_path).cfg
     assert got.loss.pose_predictor_student_loss_weight == 7.0
     assert got.loss.pose_student_align_loss is False
 

@@ -14,7 +14,6 @@ from train_testutils import TINY, compose_cfg
 from dpc.camera import (
     camera_position,
     flip_about_image_up,
-    mask_distance_maps,
     quat_angle,
     quat_from_axis_angle,
     quat_mul,
@@ -23,14 +22,16 @@ from dpc.camera import (
     with_flipped_candidates,
 )
 from dpc.data import synthetic_dataset
-from dpc.eval.predict import predict_split
+from dpc.data.images import mask_distance_maps
+from dpc.eval.predictions import predict_split
 from dpc.eval.validate import validate
-from dpc.losses import normalize_loss_config, student_loss
-from dpc.models import build_model
+from dpc.losses import student_loss
+from dpc.models import build_model, candidate_count
 from dpc.models.model import ModelOutput
 from dpc.render import PointCloudRenderer, RenderSettings
-from dpc.train import check_model_config, train
-from dpc.training.step import compute_step, num_candidates
+from dpc.runs import normalize_loss_config
+from dpc.train import train
+from dpc.training.step import compute_step
 
 FLIP = ["model.pose_predict_num_candidates=2", "model.pose_flip_candidates=true"]
 
@@ -98,7 +99,7 @@ def test_the_model_returns_the_flipped_candidates():
     cfg = compose_cfg(TINY + FLIP)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    assert model.num_candidates == 4 == num_candidates(cfg)
+    assert model.num_candidates == 4 == candidate_count(cfg)
     x = torch.rand(3, 3, 32, 32)
     out = model(x)
     assert out.pose_candidates.shape == (3, 4, 4)
@@ -195,19 +196,19 @@ def test_step_with_a_real_model_and_per_candidate_terms():
 def test_config_key_defaults_to_false_and_needs_predict_pose(tmp_path):
     cfg = compose_cfg(TINY)
     assert cfg.model.pose_flip_candidates is False
-    assert num_candidates(cfg) == cfg.model.pose_predict_num_candidates
+    assert candidate_count(cfg) == cfg.model.pose_predict_num_candidates
     assert compose_cfg(["model=camera_supervision"]).model.pose_flip_candidates is False
     flip = compose_cfg(["+experiment=car_quick_flip"])
     assert flip.name == "car_quick_flip"
     assert flip.model.pose_flip_candidates and flip.model.pose_predict_num_candidates == 2
-    assert num_candidates(flip) == 4 == num_candidates(compose_cfg(["+experiment=car_quick"]))
-    assert num_candidates(compose_cfg(["+experiment=car_quick_camera_supervision"])) == 1
-    check_model_config(flip.model)
+    assert candidate_count(flip) == 4 == candidate_count(compose_cfg(["+experiment=car_quick"]))
+    assert candidate_count(compose_cfg(["+experiment=car_quick_camera_supervision"])) == 1
+    candidate_count(flip)
     bad = compose_cfg(
         TINY + ["model=camera_supervision", "model.pose_flip_candidates=true"], tmp_path / "run"
     )
     with pytest.raises(ValueError, match="model.pose_flip_candidates"):
-        check_model_config(bad.model)
+        candidate_count(bad)
     # train() refuses it up front, before touching data or the run directory
     with pytest.raises(ValueError, match="model.predict_pose"):
         train(bad)

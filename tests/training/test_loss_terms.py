@@ -8,10 +8,11 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
-from dpc.camera import CAMERA_DISTANCE, mask_distance_maps, quat_from_axis_angle, random_quat
-from dpc.losses import normalize_loss_config
+from dpc.camera import CAMERA_DISTANCE, quat_from_axis_angle, random_quat
+from dpc.data.images import mask_distance_maps
 from dpc.models import ModelOutput, build_model
 from dpc.render import RenderOutput, build_renderer
+from dpc.runs import normalize_loss_config
 from dpc.training import terms as T
 from dpc.training.step import compute_step
 
@@ -124,21 +125,17 @@ def _step_with_every_term(overrides=()):
                       + [f"{k}={v}" for k, v in ALL.items()] + list(overrides))  # fmt: skip
     normalize_loss_config(cfg.loss)
     torch.manual_seed(0)
-    model = build_model(cfg)
-    b, K, S, Gr = 2, 2, 32, 16
     g = torch.Generator().manual_seed(0)
-    masks = torch.zeros(b, K, Gr, Gr)
-    masks[0, :, 4:12, 3:11] = 1.0  # around the image centre, where the first clouds are
-    masks[1, :, 1:6, 1:6] = 1.0  # off it (points outside: silhouette distance)
-    batch = {
-        "image": torch.rand(b, K, 3, S, S, generator=g),
-        "mask": masks,
-        "depth": torch.where(masks > 0, CAMERA_DISTANCE - 0.1, 10.0),
-        "mask_distance": mask_distance_maps(masks, Gr),
-        "mask_inner_distance": mask_distance_maps(masks, Gr, inside=True),
-        "quat": random_quat(b * K, generator=g).view(b, K, 4),
-    }
-    return cfg, compute_step(model, build_renderer(cfg), batch, cfg, 3, 1.0, 0.5, slice(0, b))
+    m = torch.zeros(2, 2, 16, 16)  # 2 objects, 2 views, grid 16
+    m[0, :, 4:12, 3:11] = 1.0  # around the image centre, where the first clouds are
+    m[1, :, 1:6, 1:6] = 1.0  # off it (points outside: silhouette distance)
+    batch = dict(image=torch.rand(2, 2, 3, 32, 32, generator=g), mask=m,
+                 depth=torch.where(m > 0, CAMERA_DISTANCE - 0.1, 10.0),
+                 mask_distance=mask_distance_maps(m, 16),
+                 mask_inner_distance=mask_distance_maps(m, 16, inside=True),
+                 quat=random_quat(4, generator=g).view(2, 2, 4))  # fmt: skip
+    out = compute_step(build_model(cfg), build_renderer(cfg), batch, cfg, 3, 1.0, 0.5, slice(0, 2))
+    return cfg, out
 
 
 def test_the_step_loss_is_the_weighted_sum_of_every_term():

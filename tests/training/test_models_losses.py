@@ -6,17 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpc.camera import mask_distance_maps, quat_mul, quat_normalize, random_quat, resize_masks
-from dpc.losses import (
-    decay_parameters,
-    l2_weight_decay,
-    per_view_l2,
-    silhouette_distance,
-    student_loss,
-    winner_takes_all,
-)
+from dpc.camera import quat_mul, quat_normalize, random_quat
+from dpc.data.images import mask_distance_maps, resize_masks
+from dpc.losses import per_view_l2, silhouette_distance, student_loss, winner_takes_all
 from dpc.models import DPCModel
 from dpc.training import schedules
+from dpc.training.optim import decay_parameters, l2_weight_decay
 
 
 @pytest.mark.parametrize("S,M,student,rgb", [(32, 4, True, False), (64, 1, False, True)])

@@ -7,9 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dpc.losses import decay_parameters
 from dpc.models import DPCModel
-from dpc.training.optim import build_optimizer, upgrade_optimizer_state
+from dpc.training.optim import build_optimizer, decay_parameters, upgrade_optimizer_state
 
 
 def _cfg(fused: bool, wd: float = 1e-3):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
-from dpc.losses import l2_weight_decay
 from dpc.models import DPCModel, ImageEncoder, upgrade_legacy_checkpoint
-from dpc.training.checkpoint import load_checkpoint, load_run, save_checkpoint
+from dpc.runs import load_checkpoint, open_run, save_checkpoint
+from dpc.training.optim import l2_weight_decay
 
 SMALL = dict(image_size=32, num_points=50, base_channels=4, fc_dim=64)
 
@@ -82,7 +82,7 @@ def test_upgrade_legacy_checkpoint_keeps_optimizer_state_per_parameter():
 
 
 def test_legacy_camera_supervised_run_evaluates_and_resumes(tmp_path):
-    """A run directory whose checkpoint has the old layer: load_run works, and training
+    """A run directory whose checkpoint has the old layer: open_run works, and training
     resumes from it."""
     from dpc.train import train
 
@@ -91,7 +91,7 @@ def test_legacy_camera_supervised_run_evaluates_and_resumes(tmp_path):
     cfg = compose_cfg(over, run)
     train(cfg)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    model, _ = load_run(run)
+    model = open_run(run).model
     # rewrite it as an older version would have saved it: fc_pose inserted after fc3
     fc = int(cfg.model.fc_dim)
     state, names = {}, list(ck["model"])
@@ -118,7 +118,7 @@ def test_legacy_camera_supervised_run_evaluates_and_resumes(tmp_path):
     ck["model"] = state
     save_checkpoint(run / "checkpoints" / "last.pt", model, None, ck["step"], cfg)
     torch.save(ck, run / "checkpoints" / "last.pt")
-    model2, _ = load_run(run)  # model weights: the pre-hook
+    model2 = open_run(run).model  # model weights: the pre-hook
     for (n, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
         torch.testing.assert_close(a, b, msg=n)
     cfg2 = compose_cfg(over[:-1] + ["trainer.max_steps=3", f"resume={run}"], tmp_path / "r2")

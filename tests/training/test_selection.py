@@ -9,9 +9,10 @@ from torch import nn
 from train_testutils import TINY, compose_cfg
 
 from dpc.camera import flip_about_image_up, look_at_quat, random_quat, view_quat
-from dpc.losses import normalize_loss_config, winner_takes_all
+from dpc.losses import winner_takes_all
 from dpc.models.model import ModelOutput
 from dpc.render import PointCloudRenderer, RenderSettings
+from dpc.runs import normalize_loss_config
 from dpc.training.selection import camera_directions, spread_bias, student_bias
 from dpc.training.step import compute_step
 

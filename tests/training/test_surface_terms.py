@@ -4,7 +4,7 @@ loss.hull_surface_weight; not in the paper): known answers, gradients, a trainin
 import pytest
 import torch
 
-from dpc.camera import mask_distance_maps
+from dpc.data.images import mask_distance_maps
 from dpc.losses import depth_coverage, depth_surface_samples, hull_surface_loss
 
 
@@ -127,6 +127,7 @@ def test_two_step_run_with_both_terms(tmp_path, full_res):
 
     from dpc.data import build_batch_sampler, open_training_data
     from dpc.train import train
+    from dpc.training.terms import batch_targets
 
     run = tmp_path / "run"
     tiny = [o for o in TINY if not o.startswith("data")]
@@ -137,7 +138,7 @@ def test_two_step_run_with_both_terms(tmp_path, full_res):
     cfg = compose_cfg(over, run)
     train(cfg)
     reader = open_training_data(cfg)
-    batch = build_batch_sampler(cfg, reader)(0)
+    batch = build_batch_sampler(cfg, reader, targets=batch_targets(cfg))(0)
     G = int(cfg.render.vox_size)
     assert batch["depth"].shape[-1] == G
     if full_res:

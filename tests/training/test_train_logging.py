@@ -8,7 +8,7 @@ from train_testutils import TINY, compose_cfg
 from dpc.train import train
 from dpc.training.logging import ProgressLine, format_eta, wandb_mode
 from dpc.training.loop import cpu_time_notice
-from dpc.training.preview import draw_points, panel, preview_run
+from dpc.training.preview import panel, preview_run
 
 
 def test_wandb_mode(monkeypatch, tmp_path):
@@ -32,10 +32,8 @@ def test_progress_line_and_eta():
     assert line.startswith("step 10/100 | loss 1.5 |") and "it/s" in line and "ETA" in line
 
 
-def test_draw_points_places_points():
-    img = draw_points(np.array([[0.5, 0.5, 0.0], [-0.5, -0.5, 0.0]]), size=9, view="side")
-    assert (img[0, 8] != 255).any() and (img[8, 0] != 255).any()  # top-right, bottom-left
-    assert (img[4, 4] == 255).all()
+def test_panel_tiles_labelled_cells():
+    img = np.full((9, 9, 3), 255, np.uint8)
     out = panel([[img, img]], cell=16, labels=["a", "b"])
     assert out.size == (32, 16 + 14)
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from train_testutils import REPO, TINY, run_cli
 
-from dpc.training.checkpoint import load_checkpoint
+from dpc.runs import load_checkpoint
 
 ARGS = (
     ["+experiment=car_quick"]

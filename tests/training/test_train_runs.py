@@ -7,8 +7,9 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
+from dpc.models import candidate_count
+from dpc.runs import load_checkpoint, open_run
 from dpc.train import NonFiniteLossError, check_loss_config, train
-from dpc.training.checkpoint import load_checkpoint, load_run
 from dpc.training.step import compute_step
 
 TINY_NO_DATA = [o for o in TINY if not o.startswith("data")]
@@ -61,7 +62,9 @@ def test_two_step_run(family, tmp_path):
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ck["step"] == 2 and set(ck) >= {"model", "optimizer", "step", "rng", "config"}
     assert (run / "config.yaml").exists()
-    model, cfg2 = load_run(run)
+    loaded = open_run(run)
+    model, cfg2 = loaded.model, loaded.cfg
+    assert loaded.step == 2 and loaded.settings.num_candidates == candidate_count(cfg)
     assert cfg2.name == cfg.name and not model.training
 
 

@@ -1,29 +1,27 @@
 """Time training steps under options (AMP, torch.compile, data workers).
 
-``python -m dpc.training.bench +experiment=car_quick_camera_supervision [key=value ...]``
-composes the training config, then times ``--steps`` full steps (batch, forward, renderer,
-backward, Adam) after ``--warmup`` for each variant, and prints medians in ms.
+``python -m dpc.training.time_steps +experiment=car_quick_camera_supervision [key=value]``
+composes the training config (configs/time_steps.yaml: configs/train.yaml plus
+``timing.*``), then times ``timing.steps`` full steps (batch, forward, renderer, backward,
+Adam) after ``timing.warmup`` for each of ``timing.variants``, and prints medians in ms.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from dpc.cli import run_command
 from dpc.data import batch_iterator, build_batch_sampler, open_training_data
-from dpc.losses import normalize_loss_config
 from dpc.models import build_model
 from dpc.render import build_renderer
+from dpc.runs import normalize_loss_config
 from dpc.training.optim import build_optimizer
 from dpc.training.step import compute_step
-
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+from dpc.training.terms import batch_targets
 
 
 def time_variant(
@@ -46,7 +44,7 @@ def time_variant(
     fwd = torch.compile(model) if compile_ else model
     r = build_renderer(cfg)
     B = int(cfg.trainer.batch_size)
-    s = build_batch_sampler(cfg, reader, "train", seed=0)
+    s = build_batch_sampler(cfg, reader, "train", seed=0, targets=batch_targets(cfg))
     it = batch_iterator(s, 0, steps + warmup, workers)
     times, waits = [], []
     for step in range(steps + warmup):
@@ -65,19 +63,10 @@ def time_variant(
     return 1000 * statistics.median(times), 1000 * statistics.median(waits)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variants", default="base,amp,compile,workers2")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("train", overrides=a.overrides)
-    with open_dict(cfg):
-        cfg.paths.run_dir = "/tmp/unused"
+def run(cfg) -> None:
+    """Time the variants of ``cfg.timing`` (the command's body)."""
+    a = cfg.timing
+    torch.set_num_threads(int(a.threads))
     normalize_loss_config(cfg.loss)  # as dpc.train: a deprecated numeric student key
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reader = open_training_data(cfg)
@@ -92,13 +81,20 @@ def main(argv=None) -> None:
         f"device {device}, threads {a.threads}, {cfg.name}: G {cfg.render.vox_size}, "
         f"N {cfg.model.pc_num_points}, B {cfg.trainer.batch_size}"
     )
-    for v in a.variants.split(","):
+    for v in a.variants:
         amp, comp, w, fused = opts[v]
-        ms, wait = time_variant(cfg, reader, amp, comp, w, a.steps, a.warmup, device, fused)
+        ms, wait = time_variant(
+            cfg, reader, amp, comp, w, int(a.steps), int(a.warmup), device, fused
+        )
         print(
             f"{v:12s} step {ms:8.1f} ms  ({1000 / ms:5.2f} steps/s)  batch wait {wait:6.1f} ms",
             flush=True,
         )
+
+
+def main(argv=None) -> None:
+    """``python -m dpc.training.time_steps [key=value ...]``."""
+    run_command("time_steps", run, argv, prog="dpc.training.time_steps")
 
 
 if __name__ == "__main__":

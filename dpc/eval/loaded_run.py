@@ -6,7 +6,7 @@
 Images are prepared as the data sets are (:func:`load_image`): alpha composited over
 white, greyscale to RGB, a non-square image padded with white to a square (centred), then
 resized to the network's input size exactly as in training
-(:func:`dpc.eval.predict.prepare_images`: antialiased bilinear).
+(:func:`dpc.eval.predictions.prepare_images`: antialiased bilinear).
 
 Frames: for runs that predict poses the network's cloud and poses live in a frame of its
 own choosing; when ``<run_dir>/eval/alignment.json`` exists (written by
@@ -167,41 +167,22 @@ class LoadedRun:
     """A trained run ready for predictions (see the module docstring)."""
 
     def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
-        from omegaconf import OmegaConf
-
         from dpc.eval.alignment import AlignmentResult
-        from dpc.losses import normalize_loss_config
-        from dpc.models import build_model
-        from dpc.render import PointCloudRenderer, RenderSettings
+        from dpc.render import PointCloudRenderer
+        from dpc.runs import open_run
 
-        self.run_dir = Path(run_dir)
-        if not self.run_dir.is_dir():
-            raise FileNotFoundError(f"run_dir is not a directory: {self.run_dir}")
-        # the checkpoint format of dpc.training.checkpoint (read here directly: dpc.eval
-        # sits below dpc.training in the layering)
-        ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(
-                f"no checkpoint in run directory {self.run_dir} (expected {ckpt_path})"
-            )
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        self.step = int(ck.get("step", -1))
         self.device = torch.device(device)
-        self.cfg = OmegaConf.create(ck["config"])
-        normalize_loss_config(self.cfg.loss)  # older runs: the deprecated student-weight key
-        self.model = build_model(self.cfg)
-        self.model.load_state_dict(ck["model"])
-        self.model.to(self.device).eval()
-        self.image_size = int(self.cfg.data.image_size)
-        r = self.cfg.render
+        run = open_run(run_dir, self.device)
+        self.run_dir, self.step, self.cfg, self.model = run.run_dir, run.step, run.cfg, run.model
+        self.image_size = run.settings.image_size
         # the run's renderer as trained (fidelity switches included)
-        self.renderer = PointCloudRenderer(RenderSettings.from_cfg(self.cfg))
-        self.sigma = float(r.get("pc_relative_sigma_end", 0.2) or 0.2)
+        self.renderer = PointCloudRenderer(run.settings.render)
+        self.sigma = run.settings.final_sigma
         self.alignment: torch.Tensor | None = None  # [4] model frame -> canonical frame
         self.frame = "canonical (camera-supervised: the data set's frame)"
         if self.model.predict_pose:
             self.frame = "model (no eval/alignment.json: run dpc.evaluate to align)"
-            path = self.run_dir / "eval" / "alignment.json"
+            path = run.alignment_path
             if path.exists():
                 al = AlignmentResult.load(path)
                 if al.fit_q_pred is not None:
@@ -246,12 +227,8 @@ class LoadedRun:
     @torch.no_grad()
     def predict_full(self, images) -> Prediction:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
-        from dpc.camera import (
-            quat_conj,
-            quat_mul,
-            quat_rotate,
-            resize_masks,
-        )
+        from dpc.camera import quat_conj, quat_mul, quat_rotate
+        from dpc.data.images import resize_masks
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
@@ -308,7 +285,8 @@ class LoadedRun:
         """Per cloud ``[B, N, 3]``, the upright camera (:data:`FIT_AZIMUTHS` x
         :data:`FIT_ELEVATIONS`, :func:`dpc.camera.view_quat`) whose rendered silhouette is
         closest (L2) to the foreground mask ``fg [B, S, S]``. Returns ``[B, 4]``."""
-        from dpc.camera import resize_masks, view_quat
+        from dpc.camera import view_quat
+        from dpc.data.images import resize_masks
 
         az, el = torch.meshgrid(
             torch.deg2rad(torch.tensor(FIT_AZIMUTHS)),

@@ -1,6 +1,6 @@
 """CPU mesh renderer for dataset synthesis (trimesh ray casting, embree backend).
 
-The camera model is the project's (README "Conventions", SPEC section 3): the camera sits
+The camera model is the project's (README "Conventions", docs/METHOD.md, section 3): the camera sits
 at distance ``d = 2`` from the origin, focal ``f = 1.875`` relative to the full image
 width, and pixel ``(i, j)`` of an ``S x S`` image looks along image-plane coordinates
 ``(x_right, y_up) = (j/(S-1) - 0.5, 0.5 - i/(S-1))``, i.e. along the camera-frame ray

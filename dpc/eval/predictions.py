@@ -53,18 +53,6 @@ class Predictions:
         return path
 
 
-def load_predictions_npz(path: str | Path, split: str = "") -> Predictions:
-    d = np.load(path)
-    return Predictions(
-        points=d["points"].astype(np.float32),
-        scale=d["scale"],
-        quat=d["quat"] if "quat" in d else None,
-        candidates=d["candidates"] if "candidates" in d else None,
-        object_ids=[str(s) for s in d["object_ids"]],
-        split=split,
-    )
-
-
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> Path:
     """Binary little-endian PLY of ``points [N, 3]`` (optional ``colors [N, 3]`` in [0, 1]);
     open3d, MeshLab, CloudCompare and Blender read it."""
@@ -153,7 +141,7 @@ def predict_split(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc=f"predict {split}", unit="batch")
+        it = tqdm(it, desc=f"predict {split}", unit="batch", disable=None)  # off when not a tty
     warned = False
     for s in it:
         ov = flat[s : s + batch_size]

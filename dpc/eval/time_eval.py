@@ -1,5 +1,5 @@
 """Time the evaluation at the default car scale on random data:
-``python -m dpc.eval.bench [n_objects] [n_val_objects]``.
+``python -m dpc.eval.time_eval [objects=200] [val_objects=30]`` (configs/time_eval.yaml).
 
 200 test objects x 5 views, 128 px images, an untrained paper-size ``DPCModel`` (8000
 points), 8000 ground-truth points. Prediction uses the network; scoring and the ICP
@@ -10,24 +10,23 @@ for the KD-tree.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 import torch
 
 from dpc.camera import random_quat
+from dpc.cli import run_command
 from dpc.data import ArrayDataset
 from dpc.eval.alignment import estimate_global_alignment
-from dpc.eval.predict import predict_split
+from dpc.eval.predictions import predict_split
 from dpc.eval.score import score
 from dpc.models import DPCModel
 
 
-def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    n = int(argv[0]) if argv else 200
-    n_val = int(argv[1]) if len(argv) > 1 else 30
+def run(opts) -> None:
+    """Time prediction, scoring and the alignment (the command's body)."""
+    n, n_val = int(opts.objects), int(opts.val_objects)
     V, rng = 5, np.random.default_rng(0)
 
     def split(k):
@@ -55,6 +54,11 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     estimate_global_alignment(pv, reader.quats("val"), gv, reader.quats("val"))
     print(f"alignment ICP {n_val} objects x {V} views: {time.perf_counter() - t:.1f} s")
+
+
+def main(argv=None) -> None:
+    """``python -m dpc.eval.time_eval [key=value ...]``."""
+    run_command("time_eval", run, argv, prog="dpc.eval.time_eval")
 
 
 if __name__ == "__main__":
