@@ -336,6 +336,7 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
         "pose_accuracy_up_to_flip": base["accuracy_up_to_flip"],
         "pose_flipped_share": base["flipped_share"],
         "alignment_ambiguous": float(rep["ambiguity"]["ambiguous"]),
+        "alignment_weak": float(rep["ambiguity"].get("weak", False)),
         "alignment_mode_ratio": rep["ambiguity"]["ratio"],
         "alignment_fit_views": float(rep["fit"]["num_views"]),
     }

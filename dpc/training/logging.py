@@ -56,6 +56,7 @@ class RunLogger:
         self.active = active
         self.run = None
         self.cfg = cfg
+        self.initial_val: dict | None = None  # the untrained network's validation scalars
         if not active:
             return
         self.jsonl = Path(run_dir) / "train_log.jsonl"

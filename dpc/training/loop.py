@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from dpc.cli import CONFIGS
 from dpc.data import open_training_data
-from dpc.eval.validate import scalars, validate
+from dpc.eval.validate import scalars, summary_lines, validate
 from dpc.runs import unwrap
 from dpc.training.distributed import resolve_device, setup_distributed
 from dpc.training.logging import (
@@ -260,11 +260,13 @@ def validate_and_log(
             clouds.update(wandb_histograms(res["pose_report"]))
         if clouds:
             logger.run.log(clouds, step=step)
+    if initial:
+        logger.initial_val = metrics
     label = "val (untrained)" if initial else f"val @ {step + 1}"
-    print(
-        f"[dpc.train] {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
-        flush=True,
-    )
+    n = int(cfg.val.num_objects)
+    head = f"[dpc.train] {label} on val[:{n}]: projection loss {metrics['projection_loss']:.2f}"
+    lines = summary_lines(metrics, None if initial else logger.initial_val)
+    print("\n  ".join([head + " (every scalar: train_log.jsonl)", *lines]), flush=True)
     return metrics
 
 

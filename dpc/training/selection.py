@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dpc.camera import camera_position, quat_normalize
+from dpc.camera import camera_position, mean_image_up, quat_normalize
 
 
 def camera_directions(quats: Tensor) -> Tensor:
@@ -62,6 +62,23 @@ def winner_spread(quats: Tensor, winner: Tensor) -> Tensor:
         d = camera_directions(quats.float())
         dw = d.gather(2, winner[..., None, None].expand(*winner.shape, 1, 3))[:, :, 0]
         return dw.reshape(-1, 3).mean(0).norm()
+
+
+def spread_loss(quats: Tensor, winner: Tensor) -> Tensor:
+    """Not in the paper (``loss.pose_spread_loss_weight``): ``|m_h|^2``, the squared
+    horizontal part of the mean camera direction ``m`` of the winning candidates ``quats
+    [b, K, M, 4]`` at ``winner [b, K]`` (differentiable through the winners), horizontal
+    meaning perpendicular to the model's vertical (:func:`dpc.camera.mean_image_up` of all
+    candidates, held constant). Views taken all around the object have ``m_h`` near 0;
+    the one-sided solution (every predicted camera on one side, the shape only right from
+    there) has ``|m_h|`` of 0.6-0.9. Its gradient spreads the cameras around the vertical,
+    a continuous path out of that solution, where flipping single views is not."""
+    up = mean_image_up(quats)
+    b, K = winner.shape
+    qw = quats.gather(2, winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]  # [b, K, 4]
+    m = camera_directions(qw).reshape(-1, 3).mean(0)
+    m_h = m - (m * up).sum() * up
+    return m_h.square().sum()
 
 
 def student_bias(quats: Tensor, student: Tensor) -> Tensor:

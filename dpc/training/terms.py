@@ -38,7 +38,7 @@ from dpc.losses import (
 )
 from dpc.models import ModelOutput
 from dpc.render import RenderOutput
-from dpc.training.selection import spread_bias, student_bias
+from dpc.training.selection import spread_bias, spread_loss, student_bias
 
 
 @dataclass
@@ -262,6 +262,19 @@ class Student(LossTerm):
         return student_loss(student, teacher)
 
 
+class PoseSpread(LossTerm):
+    """Not in the paper, unsupervised: the winners' cameras spread around the model's
+    vertical (:func:`dpc.training.selection.spread_loss`), a viewpoint prior."""
+
+    name, key, per_candidate = "pose_spread_loss", "pose_spread_loss_weight", False
+
+    def applies(self, ctx):
+        return bool(ctx.cfg.model.predict_pose)
+
+    def __call__(self, ctx):
+        return spread_loss(ctx.quats, ctx.winner)
+
+
 class SpreadSelection(LossTerm):
     """Not in the paper, unsupervised: the viewpoint-spread bias on the choice of winner
     (:func:`dpc.training.selection.spread_bias`, margin ``loss.pose_spread_margin``)."""
@@ -301,6 +314,7 @@ TERMS: list[LossTerm] = [
     DepthCoverage(),
     HullSurface(),
     Student(),
+    PoseSpread(),
     SpreadSelection(),
     StudentSelection(),
 ]

@@ -135,3 +135,34 @@ def test_object_flip_is_the_view_from_the_opposite_azimuth_at_the_same_elevation
     torch.testing.assert_close(c[:, 1].norm(dim=-1), torch.full((8,), 2.0, dtype=torch.float64))
     opposite = view_quat(torch.arange(8) * (2 * math.pi / 8) + math.pi, torch.full((8,), 0.5))
     assert quat_angle(c[:, 1], opposite.double()).max().item() < 1e-5
+
+
+def test_spread_loss_known_answer_and_gradient():
+    from dpc.training.selection import spread_loss
+
+    # one direction for every winner: the whole mean is horizontal, |m_h|^2 = 1
+    q = view_quat(torch.full((4,), 0.3), torch.zeros(4)).view(2, 2, 1, 4).requires_grad_()
+    w = torch.zeros(2, 2, dtype=torch.long)
+    v = spread_loss(q, w)
+    assert abs(v.item() - 1.0) < 1e-6
+    # all around a ring (any elevation): 0
+    ring = view_quat(torch.arange(8) * (2 * math.pi / 8), torch.full((8,), 0.4))
+    assert spread_loss(ring.view(2, 4, 1, 4), torch.zeros(2, 4, dtype=torch.long)).item() < 1e-10
+    # half a ring: |mean of unit vectors over a half circle| = 2 / pi (at zero elevation)
+    az = (torch.arange(4096) + 0.5) * (math.pi / 4096)
+    half = view_quat(az, torch.zeros(4096)).view(64, 64, 1, 4)
+    got = spread_loss(half, torch.zeros(64, 64, dtype=torch.long)).item()
+    assert abs(got - (2 / math.pi) ** 2) < 1e-4
+    # only the winners get a gradient (two directions: a single one is a maximum)
+    q_other = view_quat(torch.full((4,), 1.2), torch.zeros(4)).view(2, 2, 1, 4)
+    q2 = torch.cat([q.detach(), torch.cat([q[:1].detach(), q_other[1:]])], dim=2).requires_grad_()
+    spread_loss(q2, torch.ones(2, 2, dtype=torch.long)).backward()
+    assert q2.grad[:, :, 0].abs().max().item() == 0.0 and q2.grad[:, :, 1].abs().max() > 0
+
+
+def test_step_adds_the_spread_loss():
+    base = _step([])
+    out = _step(["loss.pose_spread_loss_weight=7"])
+    assert "pose_spread_loss" in out.terms and "pose_spread_loss" not in base.terms
+    assert out.terms["pose_spread_loss"].item() > 0.5  # every candidate 0 looks from +x
+    torch.testing.assert_close(out.loss, base.loss + 7 * out.terms["pose_spread_loss"])
