@@ -305,26 +305,37 @@ def test_missing_dataset_is_a_clear_error_not_a_build(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module, options",
+    "command, usage, options",
     [
-        ("dpc.evaluate", ["run_dir", "split", "align_split", "chamfer_backend", "ply_views"]),
-        ("dpc.visualize", ["run_dir", "split", "objects", "view", "render_size"]),
+        ("dpc.evaluate", "dpc.evaluate run_dir=", ["run_dir", "split", "alignment", "ply_views"]),
+        ("dpc.visualize", "dpc.visualize run_dir=", ["run_dir", "split", "objects", "view"]),
+        ("dpc.predict", "dpc.predict run_dir=", ["run_dir", "images", "out"]),
+        ("dpc.train", "dpc.train +experiment=", ["trainer", "loss", "render"]),
+        ("dpc.training.preview", "dpc.training.preview run_dir=", ["run_dir", "n", "split"]),
+        ("dpc.render_demo", "dpc.render_demo [shape=", ["shape", "views", "image_size"]),
+        ("dpc.eval.hull_bound", "dpc.eval.hull_bound dataset=", ["dataset", "points"]),
+        ("dpc.eval.time_eval", "dpc.eval.time_eval [objects=", ["objects", "val_objects"]),
+        ("dpc.data sheet", "dpc.data sheet path=", ["path", "out", "split", "n"]),
+        ("dpc.data import-original", "dpc.data import-original src=", ["src", "synset", "out"]),
     ],
 )
-def test_cli_help_lists_the_options(module, options):
+def test_every_command_has_one_style_and_its_help_lists_the_options(command, usage, options):
+    """README "Commands": key=value options, --help with the usage line and every option
+    (hydra prints `n` quoted)."""
     import os
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
+    module, *sub = command.split()
     r = subprocess.run(
-        [sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", module, *sub, "--help"], env=env, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
-    assert f"python -m {module} run_dir=" in r.stdout
+    assert f"python -m {usage}" in r.stdout
     for key in options:
-        assert f"\n{key}:" in r.stdout, key
+        assert f"\n{key}:" in r.stdout or f"\n'{key}':" in r.stdout, key
 
 
 @pytest.mark.filterwarnings("ignore:global alignment. only")
