@@ -14,7 +14,7 @@ so load from other processes hits both alike; the ratio is what to read.
 
 Part 2, full training steps (batch, networks, renderer, losses, backward, Adam) for
 ``car_quick`` and ``car_quick_camera_supervision`` on ``data/car_small``, timed by
-:func:`dpc.training.bench.time_variant` with ``render.backend=reference`` and ``auto``,
+:func:`dpc.training.time_steps.time_variant` with ``render.backend=reference`` and ``auto``,
 alternating in rounds; medians of the rounds' medians.
 
 ``--thread-study`` times the fast path with 1 and 2 torch threads, on the machine as it
@@ -98,10 +98,11 @@ def time_training(
     from omegaconf import open_dict
 
     from dpc.data import open_training_data
-    from dpc.training.bench import CONFIGS, time_variant
+    from dpc.cli import CONFIGS
+    from dpc.training.time_steps import time_variant
 
     cfgs, per = {}, {b: [] for b in backends}
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for b in backends:
             cfgs[b] = compose(
                 "train", overrides=[f"+experiment={experiment}", f"render.backend={b}"]
@@ -211,7 +212,7 @@ def main(argv=None) -> None:
             print(f"{s:10s} {k:8s} {ref:10.1f} {fast:9.1f} {ref / fast:8.1f}x", flush=True)
     if a.skip_train or a.quick:
         return
-    print("\nTraining step (median ms over rounds; dpc.training.bench.time_variant)")
+    print("\nTraining step (median ms over rounds; dpc.training.time_steps.time_variant)")
     print(f"{'experiment':30s} {'reference':>10s} {'cpu':>9s} {'speed-up':>9s}")
     for exp in a.experiments.split(","):
         t = time_training(exp, a.rounds, a.steps, 3)
