@@ -14,9 +14,9 @@ from dpc.data.config import PRESETS, BuildSettings, make_settings
 from dpc.data.dataset import MultiViewDataset
 from dpc.data.format import FORMAT_VERSION, DatasetFormatError, DatasetInfo, open_dataset
 from dpc.data.images import prepare_images, prepare_masks
+from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings
 from dpc.data.mesh_utils import MeshError
 from dpc.data.readers import dataset_key, open_run_data, open_training_data
-from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings
 from dpc.data.sampling import BatchSampler, batch_iterator, build_batch_sampler
 from dpc.data.synthetic import ArrayDataset, synthetic_dataset
 

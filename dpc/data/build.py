@@ -30,8 +30,8 @@ from dpc.data.format import (
     sha256_file,
     write_json_atomic,
 )
-from dpc.data.mesh_utils import MeshError, check_mesh, sample_visible_surface
 from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings, embree_intersector
+from dpc.data.mesh_utils import MeshError, check_mesh, sample_visible_surface
 from dpc.data.sources.base import MeshSource, object_seed
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-
 def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
     if isinstance(x, Tensor):
         return x

@@ -264,7 +264,9 @@ def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
             f" right up to a front/back flip ({m['pose_flipped_share']:.2f} flipped)"
         )
     elif "pose_accuracy" in m:
-        lines.append(f"pose   acc@30 {m['pose_accuracy']:.2f} (median {m['pose_median_deg']:.0f} deg)")
+        lines.append(
+            f"pose   acc@30 {m['pose_accuracy']:.2f} (median {m['pose_median_deg']:.0f} deg)"
+        )
     if "chamfer" in m:
         how = "under the paper's alignment" if "pose_accuracy" in m else "(ground-truth frame)"
         line = f"shape  Chamfer x100 {m['chamfer']:.2f} {how}"
@@ -306,5 +308,3 @@ def alignment_line(m: dict) -> str:
 def scalars(result: dict) -> dict[str, float]:
     """The scalar entries of :func:`validate`'s result."""
     return {k: float(x) for k, x in result.items() if isinstance(x, (int, float))}
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +51,7 @@ class DPCModel(nn.Module):
         pose_code_activation: str = "leaky_relu",
         flip_candidates: bool = False,
         flip_axis: str = "camera",
+        candidates_init: str = "random",
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -60,14 +62,27 @@ class DPCModel(nn.Module):
         # learn_scale=False: a constant occupancy scale of max_scale (no head)
         self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
         self.max_scale = max_scale
-        self.pose_heads = PoseHeads(fc_dim, num_candidates, student) if predict_pose else None
+        self.pose_heads = (
+            # with flips, M heads around half the circle: the flips cover the other half
+            PoseHeads(
+                fc_dim,
+                num_candidates,
+                student,
+                init=candidates_init,
+                ring_span=math.pi if flip_candidates else 2 * math.pi,
+            )  # fmt: skip
+            if predict_pose
+            else None
+        )
         if flip_candidates and not predict_pose:
             raise ValueError("flip_candidates needs predict_pose (it flips the pose candidates)")
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
         if flip_axis not in ("camera", "object"):
-            raise ValueError(f"model.pose_flip_axis must be 'camera' or 'object', got {flip_axis!r}")
+            raise ValueError(
+                f"model.pose_flip_axis must be 'camera' or 'object', got {flip_axis!r}"
+            )
         self.flip_axis = flip_axis  # model.pose_flip_axis (dpc.camera.with_flipped_candidates)
 
     @property
@@ -145,6 +160,7 @@ CONFIG_KEYS = {
     "pose_code_activation": "pose_code_activation",
     "flip_candidates": "pose_flip_candidates",
     "flip_axis": "pose_flip_axis",
+    "candidates_init": "pose_candidates_init",
 }
 
 

@@ -55,7 +55,9 @@ class StepContext:
     camera_distance: float  # the renderer's camera
     focal_length: float
     render: RenderOutput | None = None  # [R, ...] the rendered candidates (set by the step)
-    per_candidate: Tensor | None = None  # [b, K, M] weighted sum of the candidate terms (set by the step)
+    per_candidate: Tensor | None = (
+        None  # [b, K, M] weighted sum of the candidate terms (set by the step)
+    )
     winner: Tensor | None = None  # [b, K] winning candidate per view (after winner-takes-all)
 
     @property

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 import trimesh
 
 from dpc.camera import camera_position, quat_to_matrix, view_quat
-from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings, camera_rays_cam, embree_intersector
+from dpc.data.mesh_render import (
+    MeshRenderer,
+    MeshRenderSettings,
+    camera_rays_cam,
+    embree_intersector,
+)
 from dpc.data.sources.car import CarSource
 from dpc.render import PointCloudRenderer, RenderSettings
 

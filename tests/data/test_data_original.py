@@ -13,8 +13,8 @@ from scipy.io import savemat
 
 from dpc.camera import look_at_quat, quat_to_matrix
 from dpc.data import DatasetFormatError, open_dataset
-from dpc.data.original import blender_pos_to_quat, import_original
 from dpc.data.mesh_render import MeshRenderer, MeshRenderSettings, embree_intersector
+from dpc.data.original import blender_pos_to_quat, import_original
 
 SYNSET = "02958343"
 S = 48

@@ -128,7 +128,9 @@ def test_object_flip_is_the_view_from_the_opposite_azimuth_at_the_same_elevation
     assert quat_angle(flip_about_image_up(q), want).max().item() > math.radians(10)
     # cameras all around at one elevation: their mean image-up is the vertical
     ring = view_quat(torch.arange(8) * (2 * math.pi / 8), torch.full((8,), 0.5))
-    torch.testing.assert_close(mean_image_up(ring), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        mean_image_up(ring), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0
+    )
     # in a rotated model frame the estimate follows the frame: flips land on the ring
     c = with_flipped_candidates(ring.view(8, 1, 4).double() * 2.0, "object")
     assert c.shape == (8, 2, 4)
@@ -166,3 +168,27 @@ def test_step_adds_the_spread_loss():
     assert "pose_spread_loss" in out.terms and "pose_spread_loss" not in base.terms
     assert out.terms["pose_spread_loss"].item() > 0.5  # every candidate 0 looks from +x
     torch.testing.assert_close(out.loss, base.loss + 7 * out.terms["pose_spread_loss"])
+
+
+def test_ring_init_starts_the_heads_around_the_vertical():
+    from dpc.models import build_model
+
+    torch.manual_seed(0)
+    cfg = compose_cfg(TINY + ["model.pose_candidates_init=ring"])
+    model = build_model(cfg)
+    out = model(torch.rand(6, 3, 32, 32))
+    d = camera_directions(out.pose_candidates)  # [6, M, 3]
+    M = d.shape[1]
+    az = torch.arange(M) * (2 * math.pi / M)
+    want = torch.stack((torch.cos(az), torch.zeros(M), torch.sin(az)), -1)  # view_quat's
+    assert (d - want).norm(dim=-1).max().item() < 0.2  # within ~10 degrees
+    # with flips the heads cover half the circle and the flips the other half
+    cfg = compose_cfg(TINY + ["model.pose_candidates_init=ring", "model.pose_flip_candidates=true",
+                              "model.pose_flip_axis=object"])  # fmt: skip
+    d = camera_directions(build_model(cfg)(torch.rand(6, 3, 32, 32)).pose_candidates)
+    M2 = d.shape[1] // 2
+    az = torch.arange(2 * M2) * (math.pi / M2)
+    want = torch.stack((torch.cos(az), torch.zeros(2 * M2), torch.sin(az)), -1)
+    assert (d - want).norm(dim=-1).max().item() < 0.25
+    # the paper's init is the default and is not a ring
+    assert compose_cfg(TINY).model.pose_candidates_init == "random"
