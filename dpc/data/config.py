@@ -26,7 +26,8 @@ class BuildSettings:
     test: int = 200
     val_fraction: float = 0.1  # file-backed categories (airplane, folder): split fractions
     test_fraction: float = 0.1
-    # diagonal (default): bounding-box diagonal 1, which fits the unit cube as docs/METHOD.md (section 1) asks and
+    # diagonal (default): bounding-box diagonal 1, which fits the unit cube as
+    # docs/METHOD.md (section 1) asks and
     # leaves no view clipped (measured); cube: longest bounding-box side 1, where at distance
     # 2, f 1.875 parts nearer the camera leave the frame in ~52% of car and ~95% of chair views
     normalize: str = "diagonal"

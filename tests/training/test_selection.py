@@ -81,7 +81,7 @@ class _Stub(nn.Module):
 def _step(extra):
     cfg = compose_cfg(TINY + extra)
     normalize_loss_config(cfg.loss)
-    b, K, M, S, G = 2, 2, 2, 32, 16
+    b, K, S, G = 2, 2, 32, 16
     g = torch.Generator().manual_seed(0)
     # candidate 0 of every view looks from around +x, candidate 1 from around -x
     az0 = torch.rand(b * K, generator=g) * 0.6 - 0.3 + math.pi / 2
