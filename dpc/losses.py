@@ -198,21 +198,16 @@ class WTAResult(NamedTuple):
     per_candidate: Tensor  # [B, K, M] per-view loss of every candidate (not detached)
 
 
-def winner_takes_all(per_candidate: Tensor, selection_bias: Tensor | None = None) -> WTAResult:
+def winner_takes_all(per_candidate: Tensor) -> WTAResult:
     """Winner-takes-all over pose candidates.
 
     Args:
         per_candidate: ``[B, K, M]`` loss of each view under each candidate.
-        selection_bias: optional ``[B, K, M]`` added to the losses for choosing the winner
-            only (:mod:`dpc.training.selection`); the returned loss is the winner's own.
     Returns:
         the mean over views of the lowest candidate loss (only the winner gets gradient),
         the winner indices ``[B, K]`` and the input.
     """
-    chooser = per_candidate.detach()
-    if selection_bias is not None:
-        chooser = chooser + selection_bias.detach()
-    winner = chooser.argmin(dim=-1)  # [B, K]
+    winner = per_candidate.detach().argmin(dim=-1)  # [B, K]
     best = per_candidate.gather(-1, winner[..., None])[..., 0]  # [B, K]
     return WTAResult(best.mean(), winner, per_candidate)
 

@@ -138,13 +138,10 @@ def compute_step(
         renderer, ctx, sigma, keep, rank_slice, "color" in needs, "depth" in needs
     )
     per_cand, values = None, {}
-    for term, w in (tw for tw in terms if tw[0].per_candidate and not tw[0].selection):
+    for term, w in (tw for tw in terms if tw[0].per_candidate):
         values[term.name] = v = term(ctx)  # [b, K, M]
         per_cand = w * v if per_cand is None else per_cand + w * v
-    ctx.per_candidate, bias = per_cand.detach(), None
-    for term, w in (tw for tw in terms if tw[0].selection):  # which candidate wins, no loss
-        bias = w * term(ctx) if bias is None else bias + w * term(ctx)
-    wta = winner_takes_all(per_cand, selection_bias=bias)
+    wta = winner_takes_all(per_cand)
     ctx.winner = wta.winner
     logged = {k: v.gather(-1, wta.winner[..., None])[..., 0].mean() for k, v in values.items()}
     if predict_pose:  # |mean camera direction| of the winners: ~1 when all sit on one side

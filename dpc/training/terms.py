@@ -38,7 +38,6 @@ from dpc.losses import (
 )
 from dpc.models import ModelOutput
 from dpc.render import RenderOutput
-from dpc.training.selection import spread_bias, spread_loss, student_bias
 
 
 @dataclass
@@ -110,7 +109,6 @@ class LossTerm:
     name: str = ""  # logged name (train_log.jsonl, wandb)
     key: str | None = None  # cfg.loss key of the weight; None: weight 1, always on
     per_candidate: bool = True  # [b, K, M] into winner-takes-all; else a scalar after it
-    selection: bool = False  # a [b, K, M] bias on which candidate wins, not in the loss
     renders: tuple[str, ...] = ()  # extra renderer outputs it reads: "depth", "color"
     # extra batch maps it reads (dpc.data.build_batch_sampler's targets): "depth",
     # "mask_distance", "mask_inner_distance", "full_res" (with loss.surface_full_res)
@@ -264,49 +262,7 @@ class Student(LossTerm):
         return student_loss(student, teacher)
 
 
-class PoseSpread(LossTerm):
-    """Not in the paper, unsupervised: the winners' cameras spread around the model's
-    vertical (:func:`dpc.training.selection.spread_loss`), a viewpoint prior."""
-
-    name, key, per_candidate = "pose_spread_loss", "pose_spread_loss_weight", False
-
-    def applies(self, ctx):
-        return bool(ctx.cfg.model.predict_pose)
-
-    def __call__(self, ctx):
-        return spread_loss(ctx.quats, ctx.winner)
-
-
-class SpreadSelection(LossTerm):
-    """Not in the paper, unsupervised: the viewpoint-spread bias on the choice of winner
-    (:func:`dpc.training.selection.spread_bias`, margin ``loss.pose_spread_margin``)."""
-
-    name, key, selection = "pose_spread_bias", "pose_spread_weight", True
-
-    def applies(self, ctx):
-        return bool(ctx.cfg.model.predict_pose)
-
-    def __call__(self, ctx):
-        margin = float(ctx.cfg.loss.pose_spread_margin)
-        return spread_bias(ctx.quats, ctx.per_candidate, margin)[0]
-
-
-class StudentSelection(LossTerm):
-    """Not in the paper, unsupervised: the student-agreement bias on the choice of winner
-    (:func:`dpc.training.selection.student_bias`)."""
-
-    name, key, selection = "pose_student_bias", "pose_student_select_weight", True
-
-    def applies(self, ctx):
-        return bool(ctx.cfg.model.predict_pose) and ctx.out.pose_student is not None
-
-    def __call__(self, ctx):
-        b, K, _ = ctx.shape
-        return student_bias(ctx.quats, ctx.out.pose_student.view(b, K, 4))
-
-
-# The terms in the order they are summed (the order matters for bit-identical losses);
-# selection terms come after the loss terms (they read ctx.per_candidate).
+# The terms in the order they are summed (the order matters for bit-identical losses).
 TERMS: list[LossTerm] = [
     Projection(),
     Color(),
@@ -316,9 +272,6 @@ TERMS: list[LossTerm] = [
     DepthCoverage(),
     HullSurface(),
     Student(),
-    PoseSpread(),
-    SpreadSelection(),
-    StudentSelection(),
 ]
 
 

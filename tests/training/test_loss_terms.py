@@ -141,11 +141,9 @@ def _step_with_every_term(overrides=()):
 def test_the_step_loss_is_the_weighted_sum_of_every_term():
     cfg, out = _step_with_every_term()
     weights = {t.name: t.weight(cfg, 3) for t in T.TERMS}
-    names = {t.name for t in T.TERMS if not t.selection}
+    names = {t.name for t in T.TERMS}
     assert names == {"projection_loss", "color_loss", "depth_loss", "silhouette_distance",
                      "surface_depth", "depth_coverage", "hull_surface", "student_loss"}  # fmt: skip
-    # selection biases choose winners only (tests/training/test_selection.py)
-    assert {t.name for t in T.TERMS if t.selection} == {"pose_spread_bias", "pose_student_bias"}
     assert set(out.terms) == names | {"data_loss", "pose_spread"}
     assert all(out.terms[n].item() > 0 for n in names)
     expect = sum(weights[n] * out.terms[n] for n in names)
