@@ -495,14 +495,7 @@ class Check:
         if timeout < 5:
             return self._record(name, "skipped: out of time", t, timeout, log)
         with open(log, "w") as f:
-            f.write("$ " + " ".join(map(shlex.quote, cmd)) + "\n")
-            f.flush()
-            # Its own process group (killed whole on a time-out), in this session: what
-            # the device kills when the command returns.
-            p = subprocess.Popen(
-                cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-                process_group=0,
-            )  # fmt: skip
+            p = self._spawn(cmd, env, f)
             try:
                 rc = p.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -526,15 +519,21 @@ class Check:
         cmd += [str(self.work)] + (["--dry-run"] if self.dry else []) + (extra or [])
         return self.run(name, cmd)
 
-    def start_bg(self, name: str, cmd: list[str], env=None) -> None:
-        log = self.work / f"{name}.log"
-        f = open(log, "w")
+    def _spawn(self, cmd: list[str], env, f) -> subprocess.Popen:
+        """Start ``cmd`` with its output (and the command line first) in the open file ``f``,
+        in its own process group (killed whole on a time-out), in this session: what the
+        device kills when the command returns."""
         f.write("$ " + " ".join(map(shlex.quote, cmd)) + "\n")
         f.flush()
-        p = subprocess.Popen(
+        return subprocess.Popen(
             cmd, cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
             process_group=0,
         )  # fmt: skip
+
+    def start_bg(self, name: str, cmd: list[str], env=None) -> None:
+        log = self.work / f"{name}.log"
+        f = open(log, "w")
+        p = self._spawn(cmd, env, f)
         self.bg[name] = (p, time.perf_counter(), self.box(name), log)
         self.rep["phases"][name] = {"rc": "running (background)", "log": log.name}
 

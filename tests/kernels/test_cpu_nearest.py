@@ -1,9 +1,20 @@
-"""kernels.cpu.nearest against the torch oracle (cdist + argmin)."""
+"""kernels.cpu.nearest against the torch oracle (cdist + argmin).
+
+Without numba ``nearest_index_cpu`` *is* cdist + argmin, so the comparison would test
+the oracle against itself: the module needs numba, and checks that the numba pass is
+the one taken."""
 
 import pytest
 import torch
 
-from kernels.cpu import nearest_index_cpu
+pytest.importorskip("numba")
+
+from kernels.cpu import nearest_index_cpu  # noqa: E402
+from kernels.cpu._jit import HAVE_NUMBA  # noqa: E402
+
+
+def test_the_numba_pass_is_the_one_tested():
+    assert HAVE_NUMBA, "numba imports but kernels.cpu._jit fell back to torch"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
