@@ -188,13 +188,13 @@ def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int)
     clouds: list = []
     if not preds.predicts_pose or q_al is not None:
         prec, cov, clouds = _shape_scores(preds.points, gt, finite, q_al, num_clouds)
-        if prec:
+        if prec is not None:  # (0.0 is a score: the oracle's)
             res["precision"], res["coverage"] = prec, cov
             res["chamfer"] = prec + cov
         if "pose_report" in res:  # the same clouds under the flip-robust (majority) alignment
             q_rob = torch.tensor(res["pose_report"]["robust"]["quat"], dtype=torch.float64)
             prec_r, cov_r, _ = _shape_scores(preds.points, gt, finite, q_rob, 0)
-            if prec_r:
+            if prec_r is not None:
                 res["chamfer_robust"] = prec_r + cov_r
         ms = mean_shape_chamfer(reader, split, n)
         if ms is not None:

@@ -36,6 +36,8 @@ ADDED = {
     "render.pc_point_dropout_per_view": False,
     "model.pose_code_activation": "leaky_relu",
     "model.pose_flip_candidates": False,
+    "model.pose_flip_axis": "camera",  # issue 20: the exact object flip is an option
+    "model.pose_candidates_init": "random",  # issue 20: ring-started heads are an option
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
