@@ -97,8 +97,8 @@ def time_training(
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from dpc.data import open_training_data
     from dpc.cli import CONFIGS
+    from dpc.data import open_training_data
     from dpc.training.time_steps import time_variant
 
     cfgs, per = {}, {b: [] for b in backends}
