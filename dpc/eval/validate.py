@@ -43,6 +43,7 @@ from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_
 from dpc.eval.pose_report import pose_report
 from dpc.eval.pose_report import scalars as report_scalars
 from dpc.eval.predictions import Predictions, predict_split
+from dpc.eval.score import baselines, valid_gt_mask
 from dpc.losses import per_view_l2
 from dpc.render import build_renderer, final_sigma
 
@@ -196,7 +197,7 @@ def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int)
             prec_r, cov_r, _ = _shape_scores(preds.points, gt, finite, q_rob, 0)
             if prec_r is not None:
                 res["chamfer_robust"] = prec_r + cov_r
-        ms = mean_shape_chamfer(reader, split, n)
+        ms = mean_shape_chamfer(reader, split, gt)
         if ms is not None:
             res["mean_shape_chamfer"] = ms
     res["num_views"] = float(finite.sum())
@@ -233,21 +234,14 @@ def _shape_scores(points, gt, finite, q_al, num_clouds: int):
 _MEAN_SHAPE: dict = {}
 
 
-def mean_shape_chamfer(reader, split: str, n: int) -> float | None:
-    """Chamfer (x100) of the category-mean shape (:func:`dpc.eval.baselines.chamfer_medoid`
-    of the train split) on ``split[:n]``, computed once per data set and subset (about 2 s);
-    None without train objects."""
-    from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline
-
-    key = (str(getattr(reader, "path", id(reader))), split, n)
+def mean_shape_chamfer(reader, split: str, gt: np.ndarray) -> float | None:
+    """Chamfer (x100) of the category-mean shape on the clouds ``gt`` of ``split``
+    (:func:`dpc.eval.score.baselines`, as ``dpc.evaluate`` reports it), computed once per
+    data set and subset (about 2 s); None without train objects."""
+    key = (str(getattr(reader, "path", id(reader))), split, len(gt))
     if key not in _MEAN_SHAPE:
-        train = np.asarray(reader.gt_points("train")) if "train" in reader.splits else None
-        if train is None or len(train) == 0:
-            _MEAN_SHAPE[key] = None
-        else:
-            _, cloud = chamfer_medoid(train)
-            gt = np.asarray(reader.gt_points(split))[:n]
-            _MEAN_SHAPE[key] = mean_shape_baseline(cloud, gt)["chamfer"]
+        b = baselines(reader, split, gt, valid_gt_mask(gt), with_pose=False)
+        _MEAN_SHAPE[key] = b["mean_shape"]["chamfer"] if "mean_shape" in b else None
     return _MEAN_SHAPE[key]
 
 

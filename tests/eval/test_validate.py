@@ -116,3 +116,38 @@ def test_no_student_picks_candidate_by_reprojection():
         )
     np.testing.assert_allclose(p.quat, np.asarray(reader.quats("val")), atol=1e-6)
     assert p.candidates.shape == (2, 2, 2, 4)
+
+
+def test_validate_scores_the_robust_alignment_and_the_mean_shape():
+    from dpc.eval.score import baselines, valid_gt_mask
+
+    reader = synthetic_dataset({"train": 3, "val": 3}, num_views=3, image_size=16, num_points=300)
+    res = validate(OracleModel(reader, "val", True), reader, _cfg(3, True))
+    # the oracle: both alignments put the GT clouds on the GT
+    assert res["chamfer"] < 1e-4 and res["chamfer_robust"] < 1e-4
+    gt = np.asarray(reader.gt_points("val")).astype(np.float32)
+    want = baselines(reader, "val", gt, valid_gt_mask(gt), with_pose=False)["mean_shape"]
+    assert abs(res["mean_shape_chamfer"] - want["chamfer"]) < 1e-9
+    assert res["mean_shape_chamfer"] > 0.1  # another object's shape is not the oracle's
+
+
+def test_summary_lines_say_why_a_paper_accuracy_is_low():
+    from dpc.eval.validate import summary_lines
+
+    m = {"pose_accuracy": 0.0, "pose_median_deg": 170.0, "pose_accuracy_robust": 0.6,
+         "pose_median_deg_robust": 15.0, "pose_accuracy_up_to_flip": 0.9,
+         "pose_flipped_share": 0.3, "chamfer": 9.1, "chamfer_robust": 9.0,
+         "mean_shape_chamfer": 3.5, "alignment_ambiguous": 1.0, "alignment_weak": 0.0,
+         "alignment_mode_ratio": 0.5, "alignment_fit_views": 80.0,
+         "alignment_paper_vs_robust_deg": 178.0}  # fmt: skip
+    pose, shape, align = summary_lines(m, {"chamfer": 10.4})
+    assert "0.00 under the paper's alignment" in pose and "0.60 flip-robust" in pose
+    assert "0.90 right up to a front/back flip" in pose
+    assert "9.10 under the paper's alignment, 9.00 flip-robust" in shape
+    assert "mean shape 3.50, untrained 10.40" in shape
+    assert "AMBIGUOUS" in align and "(the other mode)" in align and "flip-robust" in align
+    # one clear mode, paper alignment on it: nothing to explain
+    one = summary_lines({**m, "alignment_ambiguous": 0.0, "alignment_paper_vs_robust_deg": 3.0})
+    assert one[-1].startswith("align  one clear mode") and "wrong" not in one[-1]
+    # camera supervision: the shape line only, in the ground-truth frame
+    assert summary_lines({"chamfer": 4.5}) == ["shape  Chamfer x100 4.50 (ground-truth frame)"]
