@@ -56,7 +56,7 @@ def azimuth(folder: Path) -> None:
 
 def model(run_dir: str, folder: Path) -> None:
     import dpc
-    from dpc.camera import quat_from_axis_angle, quat_mul, quat_to_matrix
+    from dpc.camera import flip_about_object_up, mean_image_up, quat_from_axis_angle, quat_to_matrix
     from dpc.data.images import resize_masks
     from dpc.losses import per_view_l2
     from dpc.render import final_sigma
@@ -67,10 +67,8 @@ def model(run_dir: str, folder: Path) -> None:
     imgs, masks = np.asarray(d.images("test")), np.asarray(d.masks("test"))
     with torch.no_grad():
         outs = [run.model(run.prepare(imgs[o])) for o in range(len(imgs))]
-        ups = torch.cat([quat_to_matrix(o.pose_student)[:, 1, :] for o in outs])
-        up = ups.mean(0) / ups.mean(0).norm()  # the model's vertical (rows: camera axes)
-        half = quat_from_axis_angle(up, torch.tensor(np.pi))
-        R = quat_to_matrix(half)
+        up = mean_image_up(torch.cat([o.pose_student for o in outs]))  # the model's vertical
+        R = quat_to_matrix(quat_from_axis_angle(up, torch.tensor(np.pi)))
 
         def chamfer(a, b):
             D = torch.cdist(a, b)
@@ -89,7 +87,7 @@ def model(run_dir: str, folder: Path) -> None:
         rows = []
         for o, out in enumerate(outs):
             q = out.pose_student
-            qs = torch.cat([q, quat_mul(q, half.expand_as(q))])
+            qs = torch.cat([q, flip_about_object_up(q, up)])
             sil = run.renderer(
                 out.points.repeat(2, 1, 1), qs, sigma=sigma, scale=out.scale.repeat(2)
             ).silhouette

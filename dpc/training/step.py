@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from dpc.losses import winner_takes_all
 from dpc.render import PointCloudRenderer, RenderOutput
 from dpc.render import dropout_indices as render_dropout
-from dpc.training.selection import winner_spread
+from dpc.training.pose_spread import winner_spread
 from dpc.training.terms import StepContext, active_terms
 
 

@@ -8,7 +8,7 @@ import torch
 from train_testutils import TINY, compose_cfg
 
 from dpc.camera import flip_about_image_up, look_at_quat, view_quat
-from dpc.training.selection import camera_directions, winner_spread
+from dpc.training.pose_spread import camera_directions, winner_spread
 
 
 def test_camera_directions_point_at_the_camera():
@@ -100,3 +100,17 @@ def test_the_step_logs_the_spread_of_the_winners():
     q = model(batch["image"].flatten(0, 1)).pose_candidates.view(b, K, -1, 4)
     want = winner_spread(q, out.winner)
     torch.testing.assert_close(out.terms["pose_spread"], want)
+
+
+def test_bad_option_values_name_the_key():
+    import pytest
+
+    from dpc.camera import with_flipped_candidates
+    from dpc.models import build_model
+
+    with pytest.raises(ValueError, match="model.pose_candidates_init"):
+        build_model(compose_cfg(TINY + ["model.pose_candidates_init=circle"]))
+    with pytest.raises(ValueError, match="model.pose_flip_axis"):
+        build_model(compose_cfg(TINY + ["model.pose_flip_axis=up"]))
+    with pytest.raises(ValueError, match="model.pose_flip_axis"):
+        with_flipped_candidates(torch.zeros(2, 1, 4), "up")
