@@ -91,6 +91,10 @@ def test_depth_coverage_is_the_distance_from_the_surface_pixels_to_the_nearest_p
 def test_hull_surface_is_the_inner_distance_at_the_points():
     ctx = _ctx(batch={"mask_inner_distance": torch.full((1, 1, G, G), 2.0)})
     assert T.HullSurface()(ctx).item() == pytest.approx(2.0)
+    cfg = compose_cfg(TINY + ["loss.hull_surface_from_step=7", "loss.hull_surface_weight=3"])
+    assert T.HullSurface().weight(cfg, 6) == 0.0
+    assert T.HullSurface().weight(cfg, 7) == 3.0
+    assert T.batch_targets(cfg) == {"mask_inner_distance"}  # loaded from the start
 
 
 def test_student_is_one_minus_w_squared_of_the_winner():
@@ -117,6 +121,7 @@ ALL = {
     "loss.depth_coverage_weight": 0.17,
     "loss.hull_surface_weight": 0.19,
     "loss.pose_predictor_student_loss_weight": 2.0,
+    "loss.mirror_pose_weight": 0.23,
 }
 
 
@@ -143,7 +148,8 @@ def test_the_step_loss_is_the_weighted_sum_of_every_term():
     weights = {t.name: t.weight(cfg, 3) for t in T.TERMS}
     names = {t.name for t in T.TERMS}
     assert names == {"projection_loss", "color_loss", "depth_loss", "silhouette_distance",
-                     "surface_depth", "depth_coverage", "hull_surface", "student_loss"}  # fmt: skip
+                     "surface_depth", "depth_coverage", "hull_surface", "student_loss",
+                     "mirror_pose"}  # fmt: skip
     assert set(out.terms) == names | {"data_loss", "pose_spread"}
     assert all(out.terms[n].item() > 0 for n in names)
     expect = sum(weights[n] * out.terms[n] for n in names)
