@@ -27,7 +27,7 @@ from dpc.data import dataset_key, open_run_data
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import FAR_DISTANCE, TRIM_KEEP, aligned_pose
 from dpc.eval.pose_report import attach_fit_poses, report_for_alignment, summary_lines
-from dpc.eval.predictions import Predictions, predict_split, write_ply
+from dpc.eval.predictions import POSE_FROM, Predictions, predict_split, write_ply
 from dpc.eval.score import baselines, load_gt, score, valid_gt_mask
 from dpc.render import build_renderer, final_sigma
 from dpc.runs import ALIGNMENT, open_run
@@ -47,7 +47,16 @@ def _predict(model, cfg, reader, split: str, device, opts, max_objects):
         renderer=build_renderer(cfg),
         sigma=final_sigma(cfg),
         progress=opts.progress,
+        pose_from=str(opts.pose_from),
     )
+
+
+def alignment_path(run_dir: Path, pose_from: str) -> Path:
+    """Where the run's saved alignment for poses from ``pose_from`` lives:
+    ``eval/alignment.json`` (the student, the paper's), ``eval/alignment_<pose_from>.json``
+    otherwise (each way of reading poses gets its own fit)."""
+    p = run_dir / ALIGNMENT
+    return p if pose_from == "student" else p.with_name(f"alignment_{pose_from}.json")
 
 
 def alignment_file(spec) -> Path:
@@ -73,7 +82,7 @@ def get_alignment(
         if al.step != step:
             warnings.warn(f"{path} is for step {al.step}, the checkpoint {step}", stacklevel=2)
         return al
-    path = run_dir / ALIGNMENT
+    path = alignment_path(run_dir, str(opts.pose_from))
     if path.exists() and not opts.recompute_alignment:
         al = AlignmentResult.load(path)
         if (
@@ -128,7 +137,11 @@ def run(opts: DictConfig) -> dict:
     model, cfg, step = loaded.model, loaded.cfg, loaded.step
     reader = open_run_data(cfg, opts.data_path, run_dir)
     split = str(opts.split)
-    out = Path(str(opts.out)) if opts.out else run_dir / "eval" / split
+    if str(opts.pose_from) not in POSE_FROM:
+        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {opts.pose_from!r}")
+    # poses chosen by silhouette get their own folder: the paper's figures stay where they are
+    sub = split if opts.pose_from == "student" else f"{split}_pose_{opts.pose_from}"
+    out = Path(str(opts.out)) if opts.out else run_dir / "eval" / sub
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -165,6 +178,7 @@ def run(opts: DictConfig) -> dict:
         split=split,
         num_views=V,
         gt_dense=bool(opts.gt_dense),
+        pose_from=str(opts.pose_from),
         seconds=None,
     )
     if opts.baselines:

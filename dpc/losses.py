@@ -212,27 +212,12 @@ def winner_takes_all(per_candidate: Tensor) -> WTAResult:
     return WTAResult(best.mean(), winner, per_candidate)
 
 
-def student_loss(student: Tensor, teacher: Tensor, weights: Tensor | None = None) -> Tensor:
+def student_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """Pull student quaternions ``[..., 4]`` towards teacher ones ``[..., 4]`` (held
     constant): mean of ``1 - w^2``, w the scalar part of ``normalise(q_t) * conj(normalise(q_s))``
-    (zero when they are the same rotation, q and -q alike). With ``weights [...]`` (held
-    constant, >= 0) the weighted mean (0 when every weight is 0)."""
+    (zero when they are the same rotation, q and -q alike)."""
     q = quat_mul(quat_normalize(teacher.detach()), quat_conj(quat_normalize(student)))
-    d = 1.0 - q[..., 0].square()
-    if weights is None:
-        return d.mean()
-    w = weights.detach()
-    return (w * d).sum() / w.sum().clamp_min(1e-12)
-
-
-def flip_margin_weights(winner_loss: Tensor, flipped_loss: Tensor, margin: float) -> Tensor:
-    """Per-view weights ``[...]`` in [0, 1] (detached) of ``loss.student_flip_margin``: how
-    much better the winning pose explains the view than the same pose turned front to
-    back, relative to the winner's loss, ``(flipped - winner) / (margin * winner)``,
-    clipped. 0 for views that the flipped pose explains as well (the ambiguous ones, a
-    car seen from the front or from behind), 1 from a relative gap of ``margin`` on."""
-    gap = (flipped_loss - winner_loss).detach() / (margin * winner_loss.detach().clamp_min(1e-6))
-    return gap.clamp(0.0, 1.0)
+    return (1.0 - q[..., 0].square()).mean()
 
 
 ALIGN_REFERENCE_POINTS = 2000  # the original's setup_misc: 2000 points, N(0, 1) clipped to 3

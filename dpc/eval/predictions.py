@@ -79,6 +79,10 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     return path
 
 
+# dpc.evaluate's pose_from: the student (the paper) or the candidate chosen by silhouette
+POSE_FROM = ("student", "silhouette")
+
+
 def _best_candidate(model_out, cands, masks_u8, renderer, sigma) -> torch.Tensor:
     """Per view, the candidate pose of ``cands [B, M, 4]`` whose rendered silhouette is
     closest (L2) to the input view's own mask. Returns ``[B, 4]``."""
@@ -109,6 +113,7 @@ def predict_split(
     renderer=None,
     sigma: float = 1.0,
     progress: bool = True,
+    pose_from: str = "student",
 ) -> Predictions:
     """Predict a cloud (and pose) from every view of the split's objects.
 
@@ -118,8 +123,16 @@ def predict_split(
         image_size: network input size (``cfg.data.image_size``).
         batch_size: images per forward pass.
         max_objects / objects: the first ``max_objects`` objects, or these indices.
-        renderer, sigma: used only to pick among several candidates without a student.
+        renderer, sigma: used to pick among several candidates without a student (or
+            with ``pose_from="silhouette"``).
+        pose_from: ``"student"`` (the paper: the student head, or the only candidate;
+            without a student the candidate chosen as below) or ``"silhouette"`` (not in
+            the paper: per view the candidate whose render of the predicted cloud best
+            matches the input view's own mask, a test-time choice that reads the input's
+            silhouette; docs/eval.md).
     """
+    if pose_from not in POSE_FROM:
+        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {pose_from!r}")
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
     images = reader.images(split)
@@ -154,14 +167,14 @@ def predict_split(
         if out.pose_candidates is not None:
             cand = out.pose_candidates  # flips included (model.pose_flip_candidates)
             cands.append(cand.float().cpu())
-            if out.pose_student is not None:
+            if out.pose_student is not None and pose_from == "student":
                 q = out.pose_student
             elif cand.shape[1] == 1:
                 q = cand[:, 0]
             else:
                 if renderer is None:
                     raise ValueError("several pose candidates and no student: pass a renderer")
-                if not warned:
+                if not warned and pose_from == "student":
                     warnings.warn(
                         "no student pose head: choosing, per view, the candidate "
                         "that best reprojects onto the input mask",

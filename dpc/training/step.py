@@ -7,14 +7,12 @@ included: the model returns them), N points, G renderer grid, R = b * K * M.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from dpc.camera import flip_about_object_up, mean_image_up
-from dpc.losses import flip_margin_weights, per_view_l2, winner_takes_all
+from dpc.losses import winner_takes_all
 from dpc.models import ModelOutput
 from dpc.render import PointCloudRenderer, RenderOutput
 from dpc.render import dropout_indices as render_dropout
@@ -98,20 +96,6 @@ def render_candidates(
     )
 
 
-def flipped_winner_projection(
-    renderer: PointCloudRenderer, ctx: StepContext, sigma: float, keep: float, rank_slice: slice
-) -> Tensor:
-    """``[b, K]`` the projection loss of each view under its winning pose turned front to
-    back about the model's vertical (:func:`dpc.camera.flip_about_object_up`, the vertical
-    estimated from all of this step's candidates), rendered as the candidates are."""
-    b, K, M = ctx.shape
-    win = ctx.quats.gather(2, ctx.winner[..., None, None].expand(b, K, 1, 4))  # [b, K, 1, 4]
-    alt = replace(ctx, quats=flip_about_object_up(win, mean_image_up(ctx.quats)))
-    sil = render_candidates(renderer, alt, sigma, keep, rank_slice, False, False).silhouette
-    G = sil.shape[-1]
-    return per_view_l2(sil.view(b, K, G, G), ctx.masks)
-
-
 def _split_mirrored(out: ModelOutput, n: int) -> tuple[ModelOutput, ModelOutput]:
     """The model's output for ``[images; mirrored images]`` (``2n`` pose rows) -> the
     output for the images and the mirrored images' poses (no shape)."""
@@ -177,17 +161,9 @@ def compute_step(
         per_cand = w * v if per_cand is None else per_cand + w * v
     wta = winner_takes_all(per_cand)
     ctx.winner = wta.winner
-    margin = float(cfg.loss.student_flip_margin)
-    if predict_pose and margin > 0 and out.pose_student is not None:
-        with torch.no_grad():  # weights only: no gradient through the flipped render
-            win = values["projection_loss"].gather(-1, wta.winner[..., None])[..., 0]
-            flipped = flipped_winner_projection(renderer, ctx, sigma, keep, rank_slice)
-            ctx.student_weight = flip_margin_weights(win, flipped, margin)
     logged = {k: v.gather(-1, wta.winner[..., None])[..., 0].mean() for k, v in values.items()}
     if predict_pose:  # |mean camera direction| of the winners: ~1 when all sit on one side
         logged["pose_spread"] = winner_spread(quats, wta.winner)
-    if ctx.student_weight is not None:  # the share of views the student learns from
-        logged["student_weight"] = ctx.student_weight.mean()
     loss = wta.loss
     for term, w in (tw for tw in terms if not tw[0].per_candidate):
         logged[term.name] = v = term(ctx)  # scalar

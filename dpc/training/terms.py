@@ -61,9 +61,6 @@ class StepContext:
     # the model's poses for the mirrored images (loss.mirror_pose_weight > 0; set by the
     # step): candidates [b * K, M, 4] and student [b * K, 4] of each image flipped left-right
     mirror: ModelOutput | None = None
-    # [b, K] per-view weight of the student loss (loss.student_flip_margin > 0; set by the
-    # step, dpc.losses.flip_margin_weights); None: every view alike (the paper)
-    student_weight: Tensor | None = None
 
     @property
     def masks(self) -> Tensor:
@@ -256,8 +253,7 @@ class HullSurface(LossTerm):
 class Student(LossTerm):
     """The student pose head pulled to each view's winning candidate (docs/METHOD.md 4):
     ``1 - w^2``, or the original's reference-point alignment with
-    ``loss.pose_student_align_loss``; with ``loss.student_flip_margin`` (not in the paper)
-    weighted per view by ``ctx.student_weight``."""
+    ``loss.pose_student_align_loss``."""
 
     name, key, per_candidate = "student_loss", "pose_predictor_student_loss_weight", False
 
@@ -269,14 +265,9 @@ class Student(LossTerm):
         teacher = ctx.quats.gather(2, ctx.winner[..., None, None].expand(b, K, 1, 4))[:, :, 0]
         student = ctx.out.pose_student.float().view(b, K, 4)
         if ctx.cfg.loss.pose_student_align_loss is True:  # the original's form
-            if ctx.student_weight is not None:
-                raise ValueError(
-                    "loss.student_flip_margin needs the 1 - w^2 student loss "
-                    "(loss.pose_student_align_loss=false)"
-                )
             ref = align_reference_points(device=student.device)
             return student_align_loss(student, teacher, ref)
-        return student_loss(student, teacher, ctx.student_weight)
+        return student_loss(student, teacher)
 
 
 def mirror_pairs(num_heads: int) -> list[int]:

@@ -243,6 +243,47 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
     assert res3["pose_report"]["paper"] == rep["paper"]
 
 
+@pytest.mark.filterwarnings("ignore:global alignment. only")
+def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
+    """pose_from=silhouette: per view the candidate whose render matches the input view's
+    mask best, in a folder and an alignment file of its own (the student's stay)."""
+    from dpc.eval.predictions import prepare_masks
+    from dpc.render import build_renderer, final_sigma
+    from dpc.runs import open_run
+
+    student = tiny_run / "eval" / "test" / "metrics_test.json"
+    before = student.read_text() if student.exists() else None
+    res = evaluate(run_dir=str(tiny_run), split="test", progress=False, pose_from="silhouette")
+    out = tiny_run / "eval" / "test_pose_silhouette"
+    assert res["pose_from"] == "silhouette" and (out / "metrics_test.json").exists()
+    assert (tiny_run / "eval" / "alignment_silhouette.json").exists()
+    # the student's figures untouched
+    assert (student.read_text() if student.exists() else None) == before
+    npz = np.load(out / "predictions.npz")
+    q, cands = torch.from_numpy(npz["quat"]), torch.from_numpy(npz["candidates"])
+    # each chosen pose is one of the view's candidates, the one rendering closest to its mask
+    run = open_run(tiny_run, "cpu")
+    from dpc.data import open_run_data
+
+    reader = open_run_data(run.cfg, None, tiny_run)
+    images, masks = reader.images("test")[:1], reader.masks("test")[:1]
+    from dpc.eval.predictions import prepare_images
+
+    renderer, sigma = build_renderer(run.cfg), final_sigma(run.cfg)
+    with torch.no_grad():
+        o = run.model(prepare_images(images[0], int(run.cfg.data.image_size)))
+        M = o.pose_candidates.shape[1]
+        G = renderer.settings.vox_size
+        sil = renderer(o.points.repeat_interleave(M, 0), o.pose_candidates.reshape(-1, 4),
+                       sigma=sigma, scale=o.scale.repeat_interleave(M, 0)).silhouette  # fmt: skip
+        err = (sil.view(-1, M, G, G) - prepare_masks(masks[0], G)[:, None]).square().sum((2, 3))
+    best = o.pose_candidates[torch.arange(len(err)), err.argmin(1)]
+    torch.testing.assert_close(q[0].float(), best.float(), atol=1e-5, rtol=0)
+    assert (cands[0].float() - q[0, :, None].float()).abs().sum(-1).min(-1).values.max() < 1e-5
+    with pytest.raises(ValueError, match="pose_from"):
+        evaluate(run_dir=str(tiny_run), split="test", progress=False, pose_from="oracle")
+
+
 def test_visualize_cli(tiny_run):
     from dpc.visualize import main
 

@@ -41,7 +41,6 @@ ADDED = {
     "loss.mirror_pose_weight": 0.0,  # issue 20: mirror consistency is an option
     "loss.mirror_pose_heads": False,
     "loss.hull_surface_from_step": 0,
-    "loss.student_flip_margin": 0.0,  # issue 20: the flip-margin student is an option
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
