@@ -199,29 +199,6 @@ def with_flipped_candidates(q: Tensor, axis: str = "camera") -> Tensor:
     raise ValueError(f"model.pose_flip_axis must be 'camera' or 'object', got {axis!r}")
 
 
-# Mirror images (model.pose_mirror / loss.mirror_pose_weight): the image's right axis
-# (camera axis 2) and the model's z axis, as pure quaternions.
-IMAGE_RIGHT = (0.0, 0.0, 0.0, 1.0)
-OBJECT_Z = (0.0, 0.0, 0.0, 1.0)
-
-
-def mirror_camera(q: Tensor) -> Tensor:
-    """``e q n`` for camera quaternions ``q [..., 4]`` (any norm; the norm is kept): the
-    camera that sees the object mirrored through the model's plane z = 0 as ``q`` sees
-    the object, with the image mirrored left to right.
-
-    With ``F`` the camera frame's reflection of its right axis and ``S`` the object
-    frame's reflection of z, the camera ``R' = F R S`` (a rotation) renders the mirrored
-    object ``S X`` as the mirror image of what ``R`` renders of ``X``; for an object
-    symmetric about z = 0 that is the same object. As quaternions, a reflection through
-    the plane with unit normal ``n`` is ``v -> -n v n``, so ``R'`` is ``e q n`` with ``e``
-    the image-right and ``n`` the z axis. At elevation ``el``, ``view_quat(az, el)`` maps to
-    ``view_quat(-az, el)``; applied twice it is the identity (up to sign)."""
-    e = q.new_tensor(IMAGE_RIGHT).expand_as(q)
-    n = q.new_tensor(OBJECT_Z).expand_as(q)
-    return quat_mul(quat_mul(e, q), n)
-
-
 def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:
     """``n`` uniformly distributed random unit quaternions ``[n, 4]`` (w >= 0)."""
     q = quat_normalize(torch.randn(n, 4, generator=generator, dtype=dtype))

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from dpc.losses import winner_takes_all
-from dpc.models import ModelOutput
 from dpc.render import PointCloudRenderer, RenderOutput
 from dpc.render import dropout_indices as render_dropout
 from dpc.training.pose_spread import winner_spread
@@ -96,15 +95,6 @@ def render_candidates(
     )
 
 
-def _split_mirrored(out: ModelOutput, n: int) -> tuple[ModelOutput, ModelOutput]:
-    """The model's output for ``[images; mirrored images]`` (``2n`` pose rows) -> the
-    output for the images and the mirrored images' poses (no shape)."""
-    c, s = out.pose_candidates, out.pose_student
-    first = out._replace(pose_candidates=c[:n], pose_student=None if s is None else s[:n])
-    second = ModelOutput(None, None, None, c[n:], None if s is None else s[n:])
-    return first, second
-
-
 def compute_step(
     model: nn.Module,  # DPCModel, or its DDP / compiled wrapper
     renderer: PointCloudRenderer,
@@ -129,17 +119,10 @@ def compute_step(
     images = batch["image"]  # [b, K, 3, S, S]
     b, K = images.shape[:2]
     predict_pose = bool(cfg.model.predict_pose)
-    # loss.mirror_pose_weight (dpc.training.terms.MirrorPose): poses of mirrored images too
-    mirror, mirrored = predict_pose and float(cfg.loss.mirror_pose_weight) > 0, None
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
         if predict_pose:
             shape_index = torch.arange(b, device=images.device) * K  # first view of each object
-            flat = images.flatten(0, 1)
-            if mirror:  # the mirrored images in the same forward pass (no batch statistics)
-                flat = torch.cat((flat, flat.flip(-1)))
-            out = model(flat, shape_index=shape_index)
-            if mirror:
-                out, mirrored = _split_mirrored(out, b * K)
+            out = model(images.flatten(0, 1), shape_index=shape_index)
             quats = out.pose_candidates.view(b, K, -1, 4)  # [b, K, M, 4]
         else:
             out = model(images[:, 0])
@@ -149,7 +132,6 @@ def compute_step(
         cfg, step, batch, out, quats.float(), out.points.float(), colors,
         renderer.settings.camera_distance, renderer.settings.focal_length,
     )  # fmt: skip
-    ctx.mirror = mirrored
     terms = active_terms(ctx)
     needs = {r for t, _ in terms for r in t.renders}
     ctx.render = render_candidates(

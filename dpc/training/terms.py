@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dpc.camera import mirror_camera, quat_normalize, world_to_grid
+from dpc.camera import world_to_grid
 from dpc.losses import (
     align_reference_points,
     depth_coverage,
@@ -58,9 +58,6 @@ class StepContext:
         None  # [b, K, M] weighted sum of the candidate terms (set by the step)
     )
     winner: Tensor | None = None  # [b, K] winning candidate per view (after winner-takes-all)
-    # the model's poses for the mirrored images (loss.mirror_pose_weight > 0; set by the
-    # step): candidates [b * K, M, 4] and student [b * K, 4] of each image flipped left-right
-    mirror: ModelOutput | None = None
 
     @property
     def masks(self) -> Tensor:
@@ -270,56 +267,6 @@ class Student(LossTerm):
         return student_loss(student, teacher)
 
 
-def mirror_pairs(num_heads: int) -> list[int]:
-    """Head ``(M - k) mod M`` is head ``k``'s mirror partner (``loss.mirror_pose_heads``):
-    the ring of ``model.pose_candidates_init=ring`` (head k at azimuth 2 pi k / M) is
-    mirrored onto itself this way, so the pairing holds at the first step."""
-    return [(num_heads - k) % num_heads for k in range(num_heads)]
-
-
-class MirrorPose(LossTerm):
-    """Not in the paper, silhouettes only: mirror consistency of the pose (docs/training.md,
-    "Mirror consistency"). Cars, chairs and airplanes are symmetric left to right, so the
-    mirror image of a view is a view of the same object from the mirrored camera
-    (:func:`dpc.camera.mirror_camera`, about the model's plane z = 0). The student's pose of
-    the mirrored image is pulled to the mirrored student pose of the image, both ways
-    (``1 - w^2``, as the student loss); with ``loss.mirror_pose_heads`` also each candidate
-    head's, against its partner's (:func:`mirror_pairs`). A view and its mirror image can
-    no longer both get the same camera: the left side of a car seen as its right side
-    (the front/back flip of side views) breaks the pairing."""
-
-    name, key, per_candidate = "mirror_pose", "mirror_pose_weight", False
-
-    def applies(self, ctx):
-        return bool(ctx.cfg.model.predict_pose)
-
-    def __call__(self, ctx):
-        if ctx.mirror is None:
-            raise ValueError("loss.mirror_pose_weight > 0 needs the mirrored images' poses")
-        b, K, _ = ctx.shape
-        pairs = [(ctx.out.pose_student, ctx.mirror.pose_student)]
-        if ctx.out.pose_student is None or ctx.cfg.loss.mirror_pose_heads:
-            H = int(ctx.cfg.model.pose_predict_num_candidates)  # heads, without flips
-            sigma = mirror_pairs(H)
-            pairs += [
-                (ctx.out.pose_candidates[:, k], ctx.mirror.pose_candidates[:, sigma[k]])
-                for k in range(H)
-            ]
-        losses = [
-            mirror_loss(mirror_camera(q.float()), qm.float())
-            for q, qm in pairs
-            if q is not None
-        ]
-        return torch.stack(losses).mean()
-
-
-def mirror_loss(a: Tensor, b: Tensor) -> Tensor:
-    """Mean of ``1 - <a, b>^2`` over quaternions ``[..., 4]`` (normalised here): 0 when
-    they are the same rotation (q and -q alike); both get the gradient."""
-    a, b = quat_normalize(a), quat_normalize(b)
-    return (1.0 - (a * b).sum(-1).square()).mean()
-
-
 # The terms in the order they are summed (the order matters for bit-identical losses).
 TERMS: list[LossTerm] = [
     Projection(),
@@ -330,7 +277,6 @@ TERMS: list[LossTerm] = [
     DepthCoverage(),
     HullSurface(),
     Student(),
-    MirrorPose(),
 ]
 
 

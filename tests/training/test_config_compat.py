@@ -38,8 +38,6 @@ ADDED = {
     "model.pose_flip_candidates": False,
     "model.pose_flip_axis": "camera",  # issue 20: the exact object flip is an option
     "model.pose_candidates_init": "random",  # issue 20: ring-started heads are an option
-    "loss.mirror_pose_weight": 0.0,  # issue 20: mirror consistency is an option
-    "loss.mirror_pose_heads": False,
     "loss.hull_surface_from_step": 0,
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))

@@ -121,7 +121,6 @@ ALL = {
     "loss.depth_coverage_weight": 0.17,
     "loss.hull_surface_weight": 0.19,
     "loss.pose_predictor_student_loss_weight": 2.0,
-    "loss.mirror_pose_weight": 0.23,
 }
 
 
@@ -148,8 +147,7 @@ def test_the_step_loss_is_the_weighted_sum_of_every_term():
     weights = {t.name: t.weight(cfg, 3) for t in T.TERMS}
     names = {t.name for t in T.TERMS}
     assert names == {"projection_loss", "color_loss", "depth_loss", "silhouette_distance",
-                     "surface_depth", "depth_coverage", "hull_surface", "student_loss",
-                     "mirror_pose"}  # fmt: skip
+                     "surface_depth", "depth_coverage", "hull_surface", "student_loss"}  # fmt: skip
     assert set(out.terms) == names | {"data_loss", "pose_spread"}
     assert all(out.terms[n].item() > 0 for n in names)
     expect = sum(weights[n] * out.terms[n] for n in names)
