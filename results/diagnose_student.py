@@ -50,7 +50,8 @@ def main(run_dir: str, max_objects: int = 400) -> None:
                                for s in range(0, len(flat), 64)])  # fmt: skip
             trained = quat_normalize(student(codes))
         err = torch.rad2deg(quat_angle(trained, chosen)).median().item()
-        print(f"{split}: {len(chosen)} views; trained student vs chosen candidate: median {err:.1f} deg")
+        print(f"{split}: {len(chosen)} views; trained student vs chosen candidate: "
+              f"median {err:.1f} deg")
         data[split] = (codes, chosen)
     codes, chosen = data["train"]
     net = _mlp(codes.shape[1], (32, 32), 4)
