@@ -59,11 +59,11 @@ def alignment_path(run_dir: Path, pose_from: str) -> Path:
     return p if pose_from == "student" else p.with_name(f"alignment_{pose_from}.json")
 
 
-def alignment_file(spec) -> Path:
+def alignment_file(spec, pose_from: str = "student") -> Path:
     """The alignment file named by ``alignment=``: a file, or a run directory's
-    ``eval/alignment.json``."""
+    alignment for poses from ``pose_from`` (:func:`alignment_path`)."""
     p = Path(str(spec))
-    p = p / ALIGNMENT if p.is_dir() else p
+    p = alignment_path(p, pose_from) if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"alignment={spec}: no alignment file {p}")
     return p
@@ -76,7 +76,7 @@ def get_alignment(
     it was computed for this checkpoint step and data set; else estimate it on
     ``align_split`` and save it there."""
     if opts.alignment:
-        path = alignment_file(opts.alignment)
+        path = alignment_file(opts.alignment, str(opts.pose_from))
         al = AlignmentResult.load(path)
         print(f"using the given alignment {path} (estimated on {al.dataset}, step {al.step})")
         if al.step != step:
@@ -131,14 +131,14 @@ def run(opts: DictConfig) -> dict:
     dictionary also written to ``metrics_<split>.json``."""
     if not opts.run_dir:
         raise ValueError("run_dir is required: python -m dpc.evaluate run_dir=<dir> split=test")
+    if str(opts.pose_from) not in POSE_FROM:
+        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {opts.pose_from!r}")
     run_dir = Path(str(opts.run_dir))
     device = resolve_device(str(opts.device))
     loaded = open_run(run_dir, device)  # clear FileNotFoundError without a checkpoint
     model, cfg, step = loaded.model, loaded.cfg, loaded.step
     reader = open_run_data(cfg, opts.data_path, run_dir)
     split = str(opts.split)
-    if str(opts.pose_from) not in POSE_FROM:
-        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {opts.pose_from!r}")
     # poses chosen by silhouette get their own folder: the paper's figures stay where they are
     sub = split if opts.pose_from == "student" else f"{split}_pose_{opts.pose_from}"
     out = Path(str(opts.out)) if opts.out else run_dir / "eval" / sub

@@ -257,6 +257,9 @@ def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
     out = tiny_run / "eval" / "test_pose_silhouette"
     assert res["pose_from"] == "silhouette" and (out / "metrics_test.json").exists()
     assert (tiny_run / "eval" / "alignment_silhouette.json").exists()
+    from dpc.evaluate import alignment_file  # alignment=<run dir> reads the matching file
+
+    assert alignment_file(tiny_run, "silhouette") == tiny_run / "eval" / "alignment_silhouette.json"
     # the student's figures untouched
     assert (student.read_text() if student.exists() else None) == before
     npz = np.load(out / "predictions.npz")
