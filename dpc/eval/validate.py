@@ -20,7 +20,10 @@ split and returns unprefixed scalars (training logs them as ``val/<name>``):
   same way. With an alignment, also the flip-robust figures of
   :func:`dpc.eval.pose_report.pose_report` (``pose_accuracy_robust``,
   ``pose_accuracy_up_to_flip``, ``pose_flipped_share``, ``alignment_ambiguous``, ...; the
-  report itself under ``pose_report``, fitted and scored on ``<split>[:n]``).
+  report itself under ``pose_report``, fitted and scored on ``<split>[:n]``), and, with
+  several candidates, the flip-robust figures of the candidate chosen by silhouette
+  (:func:`silhouette_pose`: ``pose_accuracy_silhouette``, ...; ``dpc.evaluate
+  pose_from=silhouette``, not the paper's protocol).
 
 Also returned: ``clouds`` ``[c, N, 3]`` (first view of the first objects, in the
 ground-truth frame when aligned) and ``gt_clouds`` ``[c, P, 3]``, for
@@ -95,10 +98,33 @@ def validate(
                 progress=False,
             )
             res.update(_metrics(preds, reader, split, alignment, num_clouds))
+            if (
+                "pose_report" in res
+                and preds.candidates is not None
+                and preds.candidates.shape[2] > 1
+            ):
+                chosen = predict_split(
+                    model, reader, split, int(cfg.data.image_size), device, max_objects=n,
+                    renderer=renderer, sigma=sigma, progress=False, pose_from="silhouette",
+                )  # fmt: skip
+                res.update(silhouette_pose(chosen.quat, np.asarray(reader.quats(split))[:n]))
     finally:
         if was_training:
             model.train()
     return res
+
+
+def silhouette_pose(quat: np.ndarray, q_gt: np.ndarray) -> dict[str, float]:
+    """Flip-robust pose figures of the candidates chosen by silhouette (``quat [n, V, 4]``,
+    ``dpc.evaluate pose_from=silhouette``, a test-time choice that is not the paper's),
+    aligned on the same views: ``pose_accuracy_silhouette``,
+    ``pose_median_deg_silhouette``, ``pose_accuracy_silhouette_up_to_flip``."""
+    rob = pose_report(quat, q_gt, quat, q_gt, None, warn=False)["robust"]
+    return {
+        "pose_accuracy_silhouette": float(rob["accuracy"]),
+        "pose_median_deg_silhouette": float(rob["median_deg"]),
+        "pose_accuracy_silhouette_up_to_flip": float(rob["accuracy_up_to_flip"]),
+    }
 
 
 def _projection_loss(model, sampler, n: int, renderer, sigma: float, cfg, device) -> float:
@@ -246,7 +272,8 @@ def mean_shape_chamfer(reader, split: str, gt: np.ndarray) -> float | None:
 
 
 def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
-    """Three lines a newcomer reads at each validation (pose, shape, alignment), from
+    """The lines a newcomer reads at each validation (pose, shape, alignment; and the pose
+    of the candidates chosen by silhouette when there are several), from
     :func:`scalars` of a validation (``initial``: the untrained network's, for the shape
     line). Camera-supervised runs get the shape line only."""
     m, lines = metrics, []
@@ -260,6 +287,13 @@ def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
     elif "pose_accuracy" in m:
         lines.append(
             f"pose   acc@30 {m['pose_accuracy']:.2f} (median {m['pose_median_deg']:.0f} deg)"
+        )
+    if "pose_accuracy_silhouette" in m:
+        lines.append(
+            f"pose*  acc@30 {m['pose_accuracy_silhouette']:.2f} flip-robust (median "
+            f"{m['pose_median_deg_silhouette']:.0f} deg; "
+            f"{m['pose_accuracy_silhouette_up_to_flip']:.2f} up to a flip) with, per view, the "
+            "candidate that best matches the input's silhouette (test-time, not the paper's)"
         )
     if "chamfer" in m:
         how = "under the paper's alignment" if "pose_accuracy" in m else "(ground-truth frame)"

@@ -131,6 +131,29 @@ def test_validate_scores_the_robust_alignment_and_the_mean_shape():
     assert res["mean_shape_chamfer"] > 0.1  # another object's shape is not the oracle's
 
 
+def test_validate_scores_the_candidate_chosen_by_silhouette():
+    """Two candidates, the second the GT pose, and a student that is always the same
+    wrong camera: the student's figures are poor, the silhouette choice's are perfect."""
+    reader = synthetic_dataset({"train": 3, "val": 3}, num_views=3, image_size=16, num_points=300)
+
+    class WrongStudent(OracleModel):
+        def forward(self, x, shape_index=None):
+            out = super().forward(x, shape_index)
+            wrong = torch.tensor([0.0, 0.0, 1.0, 0.0]).expand_as(out.pose_student)
+            cands = torch.stack([wrong, out.pose_student], 1)
+            return ModelOutput(out.points, out.scale, None, cands, wrong)
+
+    res = validate(WrongStudent(reader, "val", True), reader, _cfg(3, True))
+    assert res["pose_accuracy_robust"] < 0.5
+    assert res["pose_accuracy_silhouette"] == 1.0
+    assert res["pose_median_deg_silhouette"] < 0.1
+    assert res["pose_accuracy_silhouette_up_to_flip"] == 1.0
+    # one candidate: nothing to choose, no such figure
+    assert "pose_accuracy_silhouette" not in validate(
+        OracleModel(reader, "val", True), reader, _cfg(3, True)
+    )
+
+
 def test_summary_lines_say_why_a_paper_accuracy_is_low():
     from dpc.eval.validate import summary_lines
 
@@ -149,5 +172,11 @@ def test_summary_lines_say_why_a_paper_accuracy_is_low():
     # one clear mode, paper alignment on it: nothing to explain
     one = summary_lines({**m, "alignment_ambiguous": 0.0, "alignment_paper_vs_robust_deg": 3.0})
     assert one[-1].startswith("align  one clear mode") and "wrong" not in one[-1]
+    # with several candidates, a fourth line: the candidate chosen by silhouette
+    sil = {"pose_accuracy_silhouette": 0.78, "pose_median_deg_silhouette": 6.0,
+           "pose_accuracy_silhouette_up_to_flip": 0.99}  # fmt: skip
+    lines = summary_lines({**m, **sil})
+    assert len(lines) == 4 and lines[1].startswith("pose*  acc@30 0.78 flip-robust")
+    assert "0.99 up to a flip" in lines[1] and "not the paper's" in lines[1]
     # camera supervision: the shape line only, in the ground-truth frame
     assert summary_lines({"chamfer": 4.5}) == ["shape  Chamfer x100 4.50 (ground-truth frame)"]
