@@ -247,7 +247,8 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
 def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
     """pose_from=silhouette: per view the candidate whose render matches the input view's
     mask best, in a folder and an alignment file of its own (the student's stay)."""
-    from dpc.eval.predictions import prepare_masks
+    from dpc.data import open_run_data, prepare_images, prepare_masks
+    from dpc.evaluate import alignment_file
     from dpc.render import build_renderer, final_sigma
     from dpc.runs import open_run
 
@@ -257,8 +258,7 @@ def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
     out = tiny_run / "eval" / "test_pose_silhouette"
     assert res["pose_from"] == "silhouette" and (out / "metrics_test.json").exists()
     assert (tiny_run / "eval" / "alignment_silhouette.json").exists()
-    from dpc.evaluate import alignment_file  # alignment=<run dir> reads the matching file
-
+    # alignment=<run dir> reads the matching file
     assert alignment_file(tiny_run, "silhouette") == tiny_run / "eval" / "alignment_silhouette.json"
     # the student's figures untouched
     assert (student.read_text() if student.exists() else None) == before
@@ -266,12 +266,8 @@ def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
     q, cands = torch.from_numpy(npz["quat"]), torch.from_numpy(npz["candidates"])
     # each chosen pose is one of the view's candidates, the one rendering closest to its mask
     run = open_run(tiny_run, "cpu")
-    from dpc.data import open_run_data
-
     reader = open_run_data(run.cfg, None, tiny_run)
     images, masks = reader.images("test")[:1], reader.masks("test")[:1]
-    from dpc.eval.predictions import prepare_images
-
     renderer, sigma = build_renderer(run.cfg), final_sigma(run.cfg)
     with torch.no_grad():
         o = run.model(prepare_images(images[0], int(run.cfg.data.image_size)))
