@@ -113,9 +113,14 @@ class LossTerm:
     # extra batch maps it reads (dpc.data.build_batch_sampler's targets): "depth",
     # "mask_distance", "mask_inner_distance", "full_res" (with loss.surface_full_res)
     targets: tuple[str, ...] = ()
+    # cfg.loss key of the first step the term is on (e.g. off until unsupervised poses have
+    # settled); None: on from step 0
+    from_step_key: str | None = None
 
     def weight(self, cfg, step: int) -> float:
         """The term's weight at ``step`` (0 = off)."""
+        if self.from_step_key is not None and step < int(cfg.loss[self.from_step_key]):
+            return 0.0
         return 1.0 if self.key is None else float(cfg.loss[self.key])
 
     def applies(self, ctx: StepContext) -> bool:
@@ -172,11 +177,7 @@ class SilhouetteDistance(LossTerm):
     (:func:`dpc.losses.silhouette_distance`); off before ``loss.silhouette_distance_from_step``."""
 
     name, key, targets = "silhouette_distance", "silhouette_distance_weight", ("mask_distance",)
-
-    def weight(self, cfg, step):
-        if step < int(cfg.loss.silhouette_distance_from_step):
-            return 0.0  # e.g. off until unsupervised poses have settled
-        return super().weight(cfg, step)
+    from_step_key = "silhouette_distance_from_step"
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
@@ -233,11 +234,7 @@ class HullSurface(LossTerm):
     (:func:`dpc.losses.hull_surface_loss`); off before ``loss.hull_surface_from_step``."""
 
     name, key, targets = "hull_surface", "hull_surface_weight", ("mask_inner_distance",)
-
-    def weight(self, cfg, step):
-        if step < int(cfg.loss.hull_surface_from_step):
-            return 0.0  # e.g. off until unsupervised poses have settled (RESULTS.md, round 3)
-        return super().weight(cfg, step)
+    from_step_key = "hull_surface_from_step"
 
     def __call__(self, ctx):
         b, K, M = ctx.shape
