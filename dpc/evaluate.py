@@ -27,7 +27,7 @@ from dpc.data import dataset_key, open_run_data
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import FAR_DISTANCE, TRIM_KEEP, aligned_pose
 from dpc.eval.pose_report import attach_fit_poses, report_for_alignment, summary_lines
-from dpc.eval.predictions import POSE_FROM, Predictions, predict_split, write_ply
+from dpc.eval.predictions import Predictions, check_pose_from, predict_split, write_ply
 from dpc.eval.score import baselines, load_gt, score, valid_gt_mask
 from dpc.render import build_renderer, final_sigma
 from dpc.runs import ALIGNMENT, open_run
@@ -131,8 +131,7 @@ def run(opts: DictConfig) -> dict:
     dictionary also written to ``metrics_<split>.json``."""
     if not opts.run_dir:
         raise ValueError("run_dir is required: python -m dpc.evaluate run_dir=<dir> split=test")
-    if str(opts.pose_from) not in POSE_FROM:
-        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {opts.pose_from!r}")
+    check_pose_from(str(opts.pose_from))  # before loading anything
     run_dir = Path(str(opts.run_dir))
     device = resolve_device(str(opts.device))
     loaded = open_run(run_dir, device)  # clear FileNotFoundError without a checkpoint

@@ -83,21 +83,48 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
 POSE_FROM = ("student", "silhouette")
 
 
-def _best_candidate(model_out, cands, masks_u8, renderer, sigma) -> torch.Tensor:
-    """Per view, the candidate pose of ``cands [B, M, 4]`` whose rendered silhouette is
-    closest (L2) to the input view's own mask. Returns ``[B, 4]``."""
-    pts = model_out.points  # [B, N, 3]
+def check_pose_from(pose_from: str) -> None:
+    """A clear error for a ``pose_from`` that is not one of :data:`POSE_FROM`."""
+    if pose_from not in POSE_FROM:
+        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {pose_from!r}")
+
+
+def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tensor:
+    """Per view, the candidate pose of ``cands [B, M, 4]`` whose render of the view's
+    cloud ``pts [B, N, 3]`` (occupancy ``scale [B]``) is closest (L2) to the view's own
+    mask. Returns ``[B, 4]``."""
     B, M = cands.shape[:2]
     G = renderer.settings.vox_size
     sil = renderer(
         pts.repeat_interleave(M, 0),
         cands.reshape(B * M, 4),
         sigma=sigma,
-        scale=model_out.scale.repeat_interleave(M, 0),
+        scale=scale.repeat_interleave(M, 0),
     ).silhouette.view(B, M, G, G)
     m = prepare_masks(masks_u8, G).to(pts.device)
     err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)  # [B, M]
     return cands[torch.arange(B), err.argmin(1)]
+
+
+@torch.no_grad()
+def choose_by_silhouette(
+    preds: Predictions, masks_u8, renderer, sigma: float, device="cpu", batch_size: int = 32
+) -> np.ndarray:
+    """``[n_obj, V, 4]``: per view, the candidate of ``preds`` (``pose_from="silhouette"``)
+    chosen from the clouds and candidates already predicted, without running the network
+    again; ``masks_u8 [n_obj, V, H, W]`` the views' own masks."""
+    n, V, M = preds.candidates.shape[:3]
+    pts = torch.from_numpy(preds.points).flatten(0, 1)
+    scale = torch.from_numpy(preds.scale).flatten()
+    cands = torch.from_numpy(preds.candidates).flatten(0, 1)
+    masks = np.asarray(masks_u8)[:n].reshape(n * V, *np.shape(masks_u8)[2:])
+    out = []
+    for s in range(0, n * V, batch_size):
+        sl = slice(s, s + batch_size)
+        q = _best_candidate(pts[sl].to(device), scale[sl].to(device), cands[sl].to(device),
+                            masks[sl], renderer, sigma)  # fmt: skip
+        out.append(q.float().cpu())
+    return torch.cat(out).view(n, V, 4).numpy()
 
 
 @torch.no_grad()
@@ -131,8 +158,7 @@ def predict_split(
             matches the input view's own mask, a test-time choice that reads the input's
             silhouette; docs/eval.md).
     """
-    if pose_from not in POSE_FROM:
-        raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {pose_from!r}")
+    check_pose_from(pose_from)
     if split not in reader.splits:
         raise ValueError(f"split must be one of {sorted(reader.splits)}, got {split!r}")
     images = reader.images(split)
@@ -181,7 +207,7 @@ def predict_split(
                         stacklevel=2,
                     )
                     warned = True
-                q = _best_candidate(out, cand, masks[o, v], renderer, sigma)
+                q = _best_candidate(out.points, out.scale, cand, masks[o, v], renderer, sigma)
             quat.append(q.float().cpu())
     if was_training:
         model.train()

@@ -45,7 +45,7 @@ from dpc.eval.alignment import AlignmentResult, estimate_global_alignment
 from dpc.eval.metrics import align_points, pose_errors_deg, pose_summary, shape_metrics
 from dpc.eval.pose_report import pose_report
 from dpc.eval.pose_report import scalars as report_scalars
-from dpc.eval.predictions import Predictions, predict_split
+from dpc.eval.predictions import Predictions, choose_by_silhouette, predict_split
 from dpc.eval.score import baselines, valid_gt_mask
 from dpc.losses import per_view_l2
 from dpc.render import build_renderer, final_sigma
@@ -103,11 +103,10 @@ def validate(
                 and preds.candidates is not None
                 and preds.candidates.shape[2] > 1
             ):
-                chosen = predict_split(
-                    model, reader, split, int(cfg.data.image_size), device, max_objects=n,
-                    renderer=renderer, sigma=sigma, progress=False, pose_from="silhouette",
-                )  # fmt: skip
-                res.update(silhouette_pose(chosen.quat, np.asarray(reader.quats(split))[:n]))
+                chosen = choose_by_silhouette(
+                    preds, reader.masks(split), renderer, sigma, device
+                )  # the predicted clouds and candidates: no second network pass
+                res.update(silhouette_pose(chosen, np.asarray(reader.quats(split))[:n]))
     finally:
         if was_training:
             model.train()

@@ -278,6 +278,15 @@ def test_pose_from_silhouette_chooses_the_best_reprojecting_candidate(tiny_run):
         err = (sil.view(-1, M, G, G) - prepare_masks(masks[0], G)[:, None]).square().sum((2, 3))
     best = o.pose_candidates[torch.arange(len(err)), err.argmin(1)]
     torch.testing.assert_close(q[0].float(), best.float(), atol=1e-5, rtol=0)
+    # validation's choose_by_silhouette picks the same from the student's predictions
+    # (no second network pass)
+    from dpc.eval.predictions import choose_by_silhouette, predict_split
+
+    size = int(run.cfg.data.image_size)
+    preds = predict_split(run.model, reader, "test", size, renderer=renderer, sigma=sigma,
+                          progress=False)  # fmt: skip
+    chosen = choose_by_silhouette(preds, reader.masks("test"), renderer, sigma, batch_size=3)
+    np.testing.assert_array_equal(chosen, npz["quat"].astype(np.float32))
     assert (cands[0].float() - q[0, :, None].float()).abs().sum(-1).min(-1).values.max() < 1e-5
     with pytest.raises(ValueError, match="pose_from"):
         evaluate(run_dir=str(tiny_run), split="test", progress=False, pose_from="oracle")
