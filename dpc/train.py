@@ -49,6 +49,7 @@ from dpc.training.loop import (
 )
 from dpc.training.optim import build_optimizer
 from dpc.training.step import compute_step
+from dpc.training.student_refit import check_refit, refit_student
 from dpc.training.terms import batch_targets
 
 __all__ = ["NonFiniteLossError", "check_loss_config", "main", "train"]
@@ -63,6 +64,7 @@ def train(cfg: DictConfig) -> dict:
     normalize_loss_config(cfg.loss)  # deprecated keys -> current ones (saved that way)
     check_loss_config(cfg.loss)
     settings = RunSettings.from_cfg(cfg)  # also: clear errors for settings that do not fit
+    refit_steps = check_refit(cfg)
     tr = cfg.trainer
     rank, world, local_rank, device = start_process(cfg)
     is_main = rank == 0
@@ -134,7 +136,10 @@ def train(cfg: DictConfig) -> dict:
                     )
                 if is_main and tr.image_every and (final % int(tr.image_every) == 0 or last):
                     log_media(logger, step, batch, out, M)
-                if is_main and cfg.val.every and (final % int(cfg.val.every) == 0 or last):
+                # with a student refit, the last validation comes after it
+                val_now = final % int(cfg.val.every or 1) == 0 or last
+                val_now = val_now and not (last and refit_steps)
+                if is_main and cfg.val.every and val_now:
                     val_metrics = validate_and_log(logger, model, reader, cfg, device, step)
                 if tr.checkpoint_every and final % int(tr.checkpoint_every) == 0 and not last:
                     save(final)
@@ -144,6 +149,19 @@ def train(cfg: DictConfig) -> dict:
                         step, f"interrupted by signal {signal_name}: saved step {final}, exiting"
                     )
                     break
+            if refit_steps and final == max_steps and not stop_now and is_main:
+                # from a fresh head, so a run resumed at max_steps refits the same way
+                summary["student_refit"] = r = refit_student(
+                    model, reader, renderer, settings.final_sigma, settings.image_size, refit_steps,
+                    int(cfg.seed), device,
+                )  # fmt: skip
+                logger.event(
+                    final - 1,
+                    f"student refit: {refit_steps} steps on {r['views']} training views, "
+                    f"student loss {r['loss_start']:.4f} -> {r['loss_end']:.4f}",
+                )
+                if cfg.val.every:
+                    val_metrics = validate_and_log(logger, model, reader, cfg, device, final - 1)
             save(final)
             summary.update(step=final, losses=last_terms, val=val_metrics, interrupted=stop_now)
         finally:

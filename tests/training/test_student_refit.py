@@ -1,0 +1,95 @@
+"""``trainer.student_refit_steps`` (dpc/training/student_refit.py): after training, a fresh
+student head fitted to the candidates the network's own renders pick on the training
+views."""
+
+import pytest
+import torch
+from train_testutils import TINY, compose_cfg
+
+from dpc.data import open_training_data
+from dpc.eval.predictions import predict_split
+from dpc.losses import student_loss
+from dpc.models import build_model
+from dpc.render import build_renderer
+from dpc.runs import load_checkpoint
+from dpc.train import train
+from dpc.training.student_refit import check_refit, pose_codes, refit_student
+
+
+def _setup(extra=()):
+    cfg = compose_cfg(TINY + ["trainer.max_steps=2", *extra])
+    torch.manual_seed(0)
+    return cfg, build_model(cfg), open_training_data(cfg), build_renderer(cfg)
+
+
+def _student_state(model):
+    return {k: v.clone() for k, v in model.pose_heads.student.state_dict().items()}
+
+
+def test_refit_fits_the_student_to_the_silhouette_choice_and_nothing_else():
+    cfg, model, reader, renderer = _setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # the known answer: per training view, the candidate that best matches the view's mask
+    want = predict_split(model, reader, "train", 32, renderer=renderer, sigma=0.5,
+                         progress=False, pose_from="silhouette").quat  # fmt: skip
+    target = torch.from_numpy(want).reshape(-1, 4)
+    images = reader.images("train")
+    codes = pose_codes(model, images.reshape(-1, *images.shape[2:]), 32, "cpu")
+    with torch.no_grad():
+        loss0 = float(student_loss(model.pose_heads.student(codes), target))
+    r = refit_student(model, reader, renderer, 0.5, 32, 400, seed=0, progress=False)
+    with torch.no_grad():
+        loss1 = float(student_loss(model.pose_heads.student(codes), target))
+    assert r["views"] == len(target) == 8 * 5
+    assert r["loss_start"] == pytest.approx(loss0, abs=1e-6)
+    assert r["loss_end"] == pytest.approx(loss1, abs=1e-6)
+    assert loss1 < 0.2 * loss0 and loss1 < 0.02
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("pose_heads.student.") for k in changed)
+    assert model.training  # the mode is restored
+
+
+def test_refit_starts_from_a_fresh_head_so_a_repeat_gives_the_same_student():
+    cfg, model, reader, renderer = _setup()
+    refit_student(model, reader, renderer, 0.5, 32, 50, seed=3, progress=False)
+    first = _student_state(model)
+    refit_student(model, reader, renderer, 0.5, 32, 50, seed=3, progress=False)
+    for k, v in _student_state(model).items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=0)
+
+
+def test_train_ends_with_the_refit_and_validates_after_it(tmp_path):
+    extra = ["trainer.student_refit_steps=30", "val.every=2", "val.num_objects=2"]
+    plain = compose_cfg(TINY + ["trainer.max_steps=2"], tmp_path / "plain")
+    refit = compose_cfg(TINY + ["trainer.max_steps=2", *extra], tmp_path / "refit")
+    train(plain)
+    summary = train(refit)
+    assert summary["student_refit"]["views"] == 8 * 5
+    assert summary["val"]  # the last validation ran (after the refit)
+    ck_plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")["model"]
+    ck_refit = load_checkpoint(tmp_path / "refit" / "checkpoints" / "last.pt")["model"]
+    # the same network but the student, which is the plain run's refitted
+    for k in ck_plain:
+        if not k.startswith("pose_heads.student."):
+            torch.testing.assert_close(ck_refit[k], ck_plain[k], rtol=0, atol=0)
+    torch.manual_seed(0)
+    model = build_model(plain)
+    model.load_state_dict(ck_plain)
+    from dpc.render import final_sigma
+
+    sigma = final_sigma(plain)
+    refit_student(model, open_training_data(plain), build_renderer(plain), sigma, 32, 30,
+                  seed=int(plain.seed), progress=False)  # fmt: skip
+    for k, v in _student_state(model).items():
+        torch.testing.assert_close(ck_refit["pose_heads.student." + k], v)
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ValueError, match="trainer.student_refit_steps"):
+        check_refit(compose_cfg(TINY + ["trainer.student_refit_steps=-1"]))
+    with pytest.raises(ValueError, match="trainer.student_refit_steps"):
+        check_refit(
+            compose_cfg(TINY + ["trainer.student_refit_steps=5", "model.predict_pose=false"])
+        )
+    assert check_refit(compose_cfg(TINY)) == 0
