@@ -3,6 +3,7 @@ docs/training.md "The one-sided solution").
 
     python results/diagnose_flips.py azimuth results/r3_u_ring_s0 [...]   # from evaluation files
     python results/diagnose_flips.py model <run dir> <evaluation folder>  # loads the model
+    python results/diagnose_flips.py types results/r3_u_ring5k_s0 [...]   # per car type
 
 ``azimuth``: per 45-degree bin of the ground-truth camera azimuth (``atan2(x, z)`` of the
 camera position; the cars' length runs along x), the share of test views right (< 30 deg)
@@ -12,6 +13,9 @@ orientation (mean Chamfer between them, and after turning one by 180 degrees abo
 model's vertical, the mean image-up of its predicted cameras); (2) the silhouette loss of
 each test view under its predicted (student) pose and under that pose flipped front to
 back, for the views right and flipped under the paper's alignment.
+``types`` (built-in procedural cars only): per car type (``dpc.data.sources.car``,
+regenerated from the data set's source seed), the share of test views right and flipped
+under the paper's alignment, and the accuracy without the pickups.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ def azimuth(folder: Path) -> None:
     for a, b in zip(edges[:-1], edges[1:]):
         s = (az >= a) & (az < b)
         print(f"  azimuth [{a:4d}, {b:4d}): right {ok[s].mean():.2f}  flipped {flip[s].mean():.2f}")
+
+
+def types(folder: Path) -> None:
+    from dpc.data.sources.car import CarSource, make_car
+
+    d = _dataset(folder)
+    src_info = d.manifest["source"]
+    if src_info.get("name") != "car":
+        sys.exit(f"{folder}: types needs the built-in procedural cars, got {src_info}")
+    src = CarSource(src_info["sizes"], seed=int(src_info["seed"]))
+    m = json.loads((folder / "metrics_test.json").read_text())
+    kind = np.array([make_car(src.rng_for(o["object_id"]))[1]["type"] for o in m["per_object"]])
+    err = _errors(folder)
+    ok, flip = err < 30, err > 150
+    print(f"{folder}: right {ok.mean():.3f}, flipped {flip.mean():.3f} (paper alignment); "
+          f"without pickups: right {ok[kind != 'pickup'].mean():.3f}, "
+          f"flipped {flip[kind != 'pickup'].mean():.3f}")  # fmt: skip
+    for k in sorted(set(kind)):
+        s = kind == k
+        print(f"  {k:10s} {s.sum():3d} objects: right {ok[s].mean():.2f}  flipped {flip[s].mean():.2f}")
 
 
 def model(run_dir: str, folder: Path) -> None:
@@ -102,10 +126,10 @@ def model(run_dir: str, folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("azimuth", "model"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("azimuth", "model", "types"):
         sys.exit(__doc__)
-    if sys.argv[1] == "azimuth":
+    if sys.argv[1] in ("azimuth", "types"):
         for f in sys.argv[2:]:
-            azimuth(Path(f))
+            (azimuth if sys.argv[1] == "azimuth" else types)(Path(f))
     else:
         model(sys.argv[2], Path(sys.argv[3]))
