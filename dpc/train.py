@@ -155,10 +155,12 @@ def train(cfg: DictConfig) -> dict:
                     model, reader, renderer, settings.final_sigma, settings.image_size, refit_steps,
                     int(cfg.seed), device,
                 )  # fmt: skip
+                sel = r.get("selector_agreement")
                 logger.event(
                     final - 1,
                     f"student refit: {refit_steps} steps on {r['views']} training views, "
-                    f"student loss {r['loss_start']:.4f} -> {r['loss_end']:.4f}",
+                    f"student loss {r['loss_start']:.4f} -> {r['loss_end']:.4f}"
+                    + ("" if sel is None else f"; selector picks the chosen head on {sel:.3f}"),
                 )
                 if cfg.val.every:
                     val_metrics = validate_and_log(logger, model, reader, cfg, device, final - 1)

@@ -125,6 +125,8 @@ def run(o: DictConfig) -> list[Path]:
             ]
             if pred.pose_student is not None:
                 qs.append((pred.pose_student[0], "student"))
+            if pred.pose_selected is not None:
+                qs.append((pred.pose_selected[0], "selector"))
         else:
             qs = [(torch.from_numpy(np.array(quats[i, v], np.float32)), "GT pose")]
         for q, name in qs:

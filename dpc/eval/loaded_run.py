@@ -235,8 +235,8 @@ class LoadedRun:
         B = x.shape[0]
         q_model, cands = None, out.pose_candidates  # [B, M, 4] as training chose among
         if cands is not None:
-            if out.pose_student is not None:
-                q_model = out.pose_student
+            if out.pose is not None:  # the selector's pick, or the student
+                q_model = out.pose
             elif cands.shape[1] == 1:
                 q_model = cands[:, 0]
             else:  # the candidate whose silhouette best matches the input's foreground

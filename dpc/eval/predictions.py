@@ -153,7 +153,8 @@ def predict_split(
         renderer, sigma: used to pick among several candidates without a student (or
             with ``pose_from="silhouette"``).
         pose_from: ``"student"`` (the paper: the student head, or the only candidate;
-            without a student the candidate chosen as below) or ``"silhouette"`` (not in
+            with a fitted ``model.pose_selector`` the candidate it picks, from the image
+            alone; without a student the candidate chosen as below) or ``"silhouette"`` (not in
             the paper: per view the candidate whose render of the predicted cloud best
             matches the input view's own mask, a test-time choice that reads the input's
             silhouette; docs/eval.md).
@@ -193,8 +194,8 @@ def predict_split(
         if out.pose_candidates is not None:
             cand = out.pose_candidates  # flips included (model.pose_flip_candidates)
             cands.append(cand.float().cpu())
-            if out.pose_student is not None and pose_from == "student":
-                q = out.pose_student
+            if out.pose is not None and pose_from == "student":
+                q = out.pose  # the fitted selector's pick (model.pose_selector), or the student
             elif cand.shape[1] == 1:
                 q = cand[:, 0]
             else:

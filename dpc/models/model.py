@@ -6,13 +6,14 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from dpc.camera import with_flipped_candidates
 from dpc.models.decoder import PointDecoder, ScaleHead
-from dpc.models.encoder import ImageEncoder
-from dpc.models.pose import PoseHeads
+from dpc.models.encoder import ImageEncoder, init_he
+from dpc.models.pose import PoseHeads, _mlp
 
 
 class ModelOutput(NamedTuple):
@@ -25,6 +26,15 @@ class ModelOutput(NamedTuple):
     # chooses among, each head's and, with flip_candidates, then each flipped (M = 2 heads)
     pose_candidates: Tensor | None
     pose_student: Tensor | None  # [B, 4] normalised, with predict_pose and a student
+    # [B, 4] the candidate the fitted selector picks (model.pose_selector, after
+    # trainer.student_refit_steps), else None
+    pose_selected: Tensor | None = None
+
+    @property
+    def pose(self) -> Tensor | None:
+        """``[B, 4]`` the model's one pose per image at test time: the selector's pick
+        when fitted, else the student's (None without either)."""
+        return self.pose_selected if self.pose_selected is not None else self.pose_student
 
 
 class DPCModel(nn.Module):
@@ -52,6 +62,7 @@ class DPCModel(nn.Module):
         flip_candidates: bool = False,
         flip_axis: str = "camera",
         candidates_init: str = "random",
+        selector: bool = False,
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -84,6 +95,19 @@ class DPCModel(nn.Module):
                 f"model.pose_flip_axis must be 'camera' or 'object', got {flip_axis!r}"
             )
         self.flip_axis = flip_axis  # model.pose_flip_axis (dpc.camera.with_flipped_candidates)
+        # model.pose_selector (not in the paper; dpc/training/student_refit.py): a head that
+        # picks one of the candidates, fitted after training; until then the student
+        # gives the pose. Built from its own generator so that the other weights, and
+        # so training, stay the same as without it.
+        self.pose_selector = None
+        if selector:
+            if not predict_pose:
+                raise ValueError("model.pose_selector needs model.predict_pose=true")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.pose_selector = _mlp(fc_dim, (32, 32), self.num_candidates)
+                init_he(self.pose_selector)
+            self.register_buffer("selector_fitted", torch.zeros((), dtype=torch.bool))
 
     @property
     def predict_pose(self) -> bool:
@@ -132,7 +156,11 @@ class DPCModel(nn.Module):
         z, pose_code = self.encoder(images)
         points, scale, colors = self.shape(z if shape_index is None else z[shape_index])
         cands, student = self.pose(pose_code)
-        return ModelOutput(points, scale, colors, cands, student)
+        selected = None
+        if self.pose_selector is not None and bool(self.selector_fitted):
+            k = self.pose_selector(pose_code).argmax(1)
+            selected = cands[torch.arange(len(k), device=k.device), k]
+        return ModelOutput(points, scale, colors, cands, student, selected)
 
 
 # The networks' defaults: the config group's file, the one place they are written (also
@@ -161,6 +189,7 @@ CONFIG_KEYS = {
     "flip_candidates": "pose_flip_candidates",
     "flip_axis": "pose_flip_axis",
     "candidates_init": "pose_candidates_init",
+    "selector": "pose_selector",
 }
 
 

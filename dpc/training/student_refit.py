@@ -1,17 +1,22 @@
 """``trainer.student_refit_steps`` (not in the paper): after training, refit the student
-pose head to the candidates the trained network's own renders pick.
+pose head (and fit ``model.pose_selector``) to the candidates the trained network's own
+renders pick.
 
 During training the student chases candidate heads that are still moving; at the end its
 poses lag the candidates it was taught from (RESULTS.md "Round 3, part 2": median 16 deg
 against 6 deg for the best-matching candidate on cars). The refit freezes everything else,
 takes per training view the candidate whose render of that view's predicted cloud best
 matches the view's mask (the choice of ``dpc.evaluate pose_from=silhouette``, here on the
-TRAINING split only), and fits a freshly initialised student head to those choices on the
-frozen pose codes with the student loss ``1 - w^2``. Test time is unchanged: the student
-alone gives the pose, from the image alone.
+TRAINING split only) and fits, on the frozen pose codes:
 
-The fresh start makes the refit idempotent: a run resumed after (or during) the refit gets
-the same student again.
+- a freshly initialised student head to those candidates (student loss ``1 - w^2``);
+- with ``model.pose_selector``, a freshly initialised selector head to their indices
+  (cross-entropy over the candidates); once fitted, the model's pose is the candidate the
+  selector picks (``ModelOutput.pose``), which keeps the candidate's precision and only
+  has to tell which head is right.
+
+Test time reads the image alone, as in the paper. The fresh starts make the refit
+idempotent: a run resumed after (or during) the refit gets the same heads again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dpc.eval.predictions import predict_split
 from dpc.losses import student_loss
 from dpc.models.encoder import init_he
 
-REFIT_LR = 1e-3  # Adam; the head is tiny (FC 32 -> 32 -> 4) and the targets fixed
+REFIT_LR = 1e-3  # Adam; the heads are tiny (FC 32 -> 32 -> 4 or M) and the targets fixed
 REFIT_BATCH = 256  # views per step, drawn with replacement
 
 
@@ -36,6 +41,11 @@ def check_refit(cfg) -> int:
         raise ValueError(
             "trainer.student_refit_steps > 0 needs a student pose head "
             "(model.predict_pose=true, model.pose_predictor_student=true)"
+        )
+    if cfg.model.get("pose_selector", False) and not steps:
+        raise ValueError(
+            "model.pose_selector=true needs trainer.student_refit_steps > 0 (the selector "
+            "is fitted there, after training)"
         )
     return steps
 
@@ -50,6 +60,27 @@ def pose_codes(model, images, image_size: int, device, batch_size: int = 64) -> 
     return torch.cat(out)
 
 
+def _fit(head, codes, loss_fn, target, steps: int, seed: int) -> tuple[float, float]:
+    """Re-initialise ``head`` (seeded) and fit ``loss_fn(head(codes), target)`` with Adam;
+    returns the loss on all views before and after."""
+    with torch.no_grad():
+        start = float(loss_fn(head(codes), target))
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        init_he(head)
+    opt = torch.optim.Adam(head.parameters(), REFIT_LR)
+    head.train()
+    for _ in range(steps):
+        i = torch.randint(0, len(codes), (REFIT_BATCH,), generator=g).to(codes.device)
+        loss = loss_fn(head(codes[i]), target[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return start, float(loss_fn(head(codes), target))
+
+
 def refit_student(
     model,
     reader,
@@ -61,32 +92,31 @@ def refit_student(
     device="cpu",
     progress: bool = True,
 ) -> dict:
-    """Refit ``model.pose_heads.student`` in place (see the module docstring); returns
-    ``{"views", "loss_start", "loss_end"}`` (the student loss on all training views
-    before and after)."""
-    student = model.pose_heads.student
+    """Refit ``model.pose_heads.student`` (and fit ``model.pose_selector``) in place (see
+    the module docstring); returns ``{"views", "loss_start", "loss_end"}`` (the student
+    loss on all training views before and after), with a selector also
+    ``"selector_loss_end"`` and ``"selector_agreement"`` (the share of training views
+    whose chosen candidate it picks)."""
     was_training = model.training
     model.eval()
+    selector = getattr(model, "pose_selector", None)
+    if selector is not None:
+        model.selector_fitted.fill_(False)  # the student's poses, not a stale selector's
     pred = predict_split(model, reader, "train", image_size, device=device, renderer=renderer,
                          sigma=sigma, progress=progress, pose_from="silhouette")  # fmt: skip
     target = torch.from_numpy(pred.quat).reshape(-1, 4).to(device)
     images = reader.images("train")
     codes = pose_codes(model, images.reshape(-1, *images.shape[2:]), image_size, device)
-    with torch.no_grad():
-        loss_start = float(student_loss(student(codes), target))
-    g = torch.Generator().manual_seed(int(seed))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        init_he(student)
-    opt = torch.optim.Adam(student.parameters(), REFIT_LR)
-    student.train()
-    for _ in range(steps):
-        i = torch.randint(0, len(codes), (REFIT_BATCH,), generator=g).to(device)
-        loss = student_loss(student(codes[i]), target[i])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        loss_end = float(student_loss(student(codes), target))
+    start, end = _fit(model.pose_heads.student, codes, student_loss, target, steps, seed)
+    out = {"views": len(codes), "loss_start": start, "loss_end": end}
+    if selector is not None:
+        cands = torch.from_numpy(pred.candidates).reshape(len(codes), -1, 4).to(device)
+        index = (cands - target[:, None]).abs().sum(-1).argmin(1)  # the chosen candidate
+        ce = torch.nn.functional.cross_entropy
+        _, out["selector_loss_end"] = _fit(selector, codes, ce, index, steps, seed + 1)
+        with torch.no_grad():
+            agree = (selector(codes).argmax(1) == index).float().mean()
+        out["selector_agreement"] = float(agree)
+        model.selector_fitted.fill_(True)
     model.train(was_training)
-    return {"views": len(codes), "loss_start": loss_start, "loss_end": loss_end}
+    return out

@@ -40,6 +40,7 @@ ADDED = {
     "model.pose_candidates_init": "random",  # issue 20: ring-started heads are an option
     "loss.hull_surface_from_step": 0,
     "trainer.student_refit_steps": 0,  # issue 20: the refit is an option
+    "model.pose_selector": False,  # issue 20: the selector is an option
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -93,3 +93,66 @@ def test_bad_values_name_the_key():
             compose_cfg(TINY + ["trainer.student_refit_steps=5", "model.predict_pose=false"])
         )
     assert check_refit(compose_cfg(TINY)) == 0
+
+
+# ---- model.pose_selector: a head that picks one of the candidates, fitted in the refit ----
+
+
+def test_the_selector_leaves_every_other_weight_as_without_it():
+    torch.manual_seed(0)
+    plain = build_model(compose_cfg(TINY)).state_dict()
+    torch.manual_seed(0)
+    with_sel = build_model(compose_cfg(TINY + ["model.pose_selector=true"])).state_dict()
+    extra = {k for k in with_sel if k not in plain}
+    assert extra and all(k.startswith("pose_selector.") or k == "selector_fitted" for k in extra)
+    for k, v in plain.items():
+        torch.testing.assert_close(with_sel[k], v, rtol=0, atol=0)
+
+
+def test_the_pose_is_the_selected_candidate_once_fitted():
+    torch.manual_seed(0)
+    model = build_model(compose_cfg(TINY + ["model.pose_selector=true"])).eval()
+    x = torch.rand(3, 3, 32, 32)
+    out = model(x)
+    assert out.pose_selected is None and torch.equal(out.pose, out.pose_student)
+    with torch.no_grad():  # make candidate 2 win for every input
+        last = model.pose_selector[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))
+    model.selector_fitted.fill_(True)
+    out = model(x)
+    torch.testing.assert_close(out.pose_selected, out.pose_candidates[:, 2])
+    assert torch.equal(out.pose, out.pose_selected)
+
+
+def test_refit_fits_the_selector_to_the_silhouette_choice():
+    cfg, model, reader, renderer = _setup(["model.pose_selector=true"])
+    want = predict_split(model, reader, "train", 32, renderer=renderer, sigma=0.5,
+                         progress=False, pose_from="silhouette").quat  # fmt: skip
+    r = refit_student(model, reader, renderer, 0.5, 32, 300, seed=0, progress=False)
+    assert bool(model.selector_fitted)
+    assert r["selector_agreement"] > 0.9
+    # the model's pose (what dpc.evaluate reads) is now the selector's pick: the
+    # silhouette's choice on the views it agrees on, from the image alone
+    got = predict_split(model, reader, "train", 32, progress=False).quat
+    same = (abs(got - want).sum(-1) < 1e-6).mean()
+    assert same == pytest.approx(r["selector_agreement"], abs=1e-6)
+
+
+def test_a_selector_without_the_refit_is_an_error():
+    with pytest.raises(ValueError, match="model.pose_selector"):
+        check_refit(compose_cfg(TINY + ["model.pose_selector=true"]))
+    with pytest.raises(ValueError, match="model.pose_selector"):
+        build_model(compose_cfg(TINY + ["model.pose_selector=true", "model.predict_pose=false"]))
+
+
+def test_a_run_with_a_selector_saves_it_fitted(tmp_path):
+    from dpc.eval.loaded_run import load_run
+
+    over = ["trainer.max_steps=2", "trainer.student_refit_steps=30", "model.pose_selector=true"]
+    summary = train(compose_cfg(TINY + over, tmp_path / "run"))
+    assert 0.0 <= summary["student_refit"]["selector_agreement"] <= 1.0
+    run = load_run(tmp_path / "run")
+    assert bool(run.model.selector_fitted)
+    out = run.model(torch.rand(2, 3, 32, 32))
+    assert out.pose_selected is not None and torch.equal(out.pose, out.pose_selected)
