@@ -1,6 +1,6 @@
 """``trainer.student_refit_steps`` (dpc/training/student_refit.py): after training, a fresh
-student head fitted to the candidates the network's own renders pick on the training
-views."""
+student head (and, with ``model.pose_selector``, a selector head) fitted to the candidates
+the network's own renders pick on the training views."""
 
 import pytest
 import torch
