@@ -75,7 +75,8 @@ def types(folder: Path) -> None:
           f"flipped {flip[kind != 'pickup'].mean():.3f}")  # fmt: skip
     for k in sorted(set(kind)):
         s = kind == k
-        print(f"  {k:10s} {s.sum():3d} objects: right {ok[s].mean():.2f}  flipped {flip[s].mean():.2f}")
+        print(f"  {k:10s} {s.sum():3d} objects: right {ok[s].mean():.2f}  "
+              f"flipped {flip[s].mean():.2f}")  # fmt: skip
 
 
 def model(run_dir: str, folder: Path) -> None:

@@ -25,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 
 def main(run_dir: str, max_objects: int = 400) -> None:
     from dpc.camera import quat_angle, quat_normalize
-    from dpc.data import open_run_data, prepare_images
+    from dpc.data import open_run_data
     from dpc.eval.loaded_run import load_run
     from dpc.eval.predictions import predict_split
     from dpc.losses import student_loss
     from dpc.models.pose import _mlp
+    from dpc.training.student_refit import pose_codes
 
     torch.manual_seed(0)
     run = load_run(run_dir)
@@ -38,16 +39,13 @@ def main(run_dir: str, max_objects: int = 400) -> None:
     student = model.pose_heads.student
     data = {}
     for split in ("train", "test"):
-        model.pose_heads.student = None  # predict_split then chooses by silhouette
         pred = predict_split(model, reader, split, run.image_size, renderer=run.renderer,
-                             sigma=run.sigma, progress=False, max_objects=max_objects)  # fmt: skip
-        model.pose_heads.student = student
+                             sigma=run.sigma, progress=False, max_objects=max_objects,
+                             pose_from="silhouette")  # fmt: skip
         chosen = torch.from_numpy(pred.quat).view(-1, 4)
         images = reader.images(split)[:max_objects]
-        flat = images.reshape(-1, *images.shape[2:])
+        codes = pose_codes(model, images.reshape(-1, *images.shape[2:]), run.image_size, "cpu")
         with torch.no_grad():
-            codes = torch.cat([model.encoder(prepare_images(flat[s : s + 64], run.image_size))[1]
-                               for s in range(0, len(flat), 64)])  # fmt: skip
             trained = quat_normalize(student(codes))
         err = torch.rad2deg(quat_angle(trained, chosen)).median().item()
         print(f"{split}: {len(chosen)} views; trained student vs chosen candidate: "
