@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -21,6 +22,20 @@ def setup_distributed(device_cfg: str) -> tuple[int, int, int]:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def teardown_distributed(finished: bool) -> None:
+    """Leave the process group; a no-op without one. Ranks that finished wait for each
+    other first (rank 0 validates, refits and saves after the last step), and the DDP
+    wrapper's reference cycles are collected before the group goes, so that no gloo
+    thread outlives its group into interpreter exit (seen once as a SIGABRT, "terminate
+    called without an active exception", on the rank that left first)."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
