@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig
 
 from dpc.cli import run_command
@@ -31,6 +30,7 @@ from dpc.runs import (
 )
 from dpc.training import schedules
 from dpc.training.checkpoint import restore_checkpoint
+from dpc.training.distributed import teardown_distributed
 from dpc.training.logging import RunLogger
 from dpc.training.loop import (
     NonFiniteLossError,
@@ -48,8 +48,9 @@ from dpc.training.loop import (
     wrap_model,
 )
 from dpc.training.optim import build_optimizer
+from dpc.training.shape_refit import check_shape_refit, refit_shape
 from dpc.training.step import compute_step
-from dpc.training.student_refit import check_refit, refit_student
+from dpc.training.student_refit import check_refit, refit_student, silhouette_choice
 from dpc.training.terms import batch_targets
 
 __all__ = ["NonFiniteLossError", "check_loss_config", "main", "train"]
@@ -65,6 +66,8 @@ def train(cfg: DictConfig) -> dict:
     check_loss_config(cfg.loss)
     settings = RunSettings.from_cfg(cfg)  # also: clear errors for settings that do not fit
     refit_steps = check_refit(cfg)
+    shape_steps = check_shape_refit(cfg)
+    refits = bool(refit_steps or shape_steps)
     tr = cfg.trainer
     rank, world, local_rank, device = start_process(cfg)
     is_main = rank == 0
@@ -85,11 +88,12 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     renderer = build_renderer(cfg)
-    start_step = 0
+    start_step, refitted = 0, False
     if resume_ckpt is not None:
-        start_step = restore_checkpoint(resume_ckpt, model, optimizer)
+        start_step, refitted = restore_checkpoint(resume_ckpt, model, optimizer)
         if is_main:
             print(f"[dpc.train] resumed {run_dir} at step {start_step}", file=sys.stderr)
+        refitted = refitted and start_step >= max_steps  # steps to train: refit after them
     fwd_model = wrap_model(model, cfg, device, world, local_rank)
 
     logger = RunLogger(cfg, run_dir, is_main, start_step)
@@ -136,9 +140,9 @@ def train(cfg: DictConfig) -> dict:
                     )
                 if is_main and tr.image_every and (final % int(tr.image_every) == 0 or last):
                     log_media(logger, step, batch, out, M)
-                # with a student refit, the last validation comes after it
+                # with a refit, the last validation comes after it
                 val_now = final % int(cfg.val.every or 1) == 0 or last
-                val_now = val_now and not (last and refit_steps)
+                val_now = val_now and not (last and refits)
                 if is_main and cfg.val.every and val_now:
                     val_metrics = validate_and_log(logger, model, reader, cfg, device, step)
                 if tr.checkpoint_every and final % int(tr.checkpoint_every) == 0 and not last:
@@ -149,22 +153,25 @@ def train(cfg: DictConfig) -> dict:
                         step, f"interrupted by signal {signal_name}: saved step {final}, exiting"
                     )
                     break
-            if refit_steps and final == max_steps and not stop_now and is_main:
-                # from a fresh head, so a run resumed at max_steps refits the same way
-                summary["student_refit"] = r = refit_student(
-                    model, reader, renderer, settings.final_sigma, settings.image_size, refit_steps,
-                    int(cfg.seed), device,
-                )  # fmt: skip
-                sel = r.get("selector_agreement")
-                logger.event(
-                    final - 1,
-                    f"student refit: {refit_steps} steps on {r['views']} training views, "
-                    f"student loss {r['loss_start']:.4f} -> {r['loss_end']:.4f}"
-                    + ("" if sel is None else f"; selector picks the chosen head on {sel:.3f}"),
+            if refits and final == max_steps and not stop_now and is_main and not refitted:
+                summary.update(
+                    run_refits(
+                        model,
+                        reader,
+                        renderer,
+                        settings,
+                        cfg,
+                        refit_steps,
+                        shape_steps,
+                        device,
+                        logger,
+                        final - 1,
+                    )  # fmt: skip
                 )
+                refitted = True
                 if cfg.val.every:
                     val_metrics = validate_and_log(logger, model, reader, cfg, device, final - 1)
-            save(final)
+            save(final, refitted=refitted)
             summary.update(step=final, losses=last_terms, val=val_metrics, interrupted=stop_now)
         finally:
             logger.finish()
@@ -176,15 +183,51 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
+def run_refits(
+    model, reader, renderer, settings: RunSettings, cfg, refit_steps: int, shape_steps: int,
+    device, logger: RunLogger, step: int,
+) -> dict:  # fmt: skip
+    """After the last training step: the shape refit at the training views' chosen poses,
+    then the student refit (and the selector's fit) to the candidates chosen with the
+    refitted clouds (the shape refit changes no pose, the student refit no cloud)."""
+    out: dict = {}
+    sigma, size = settings.final_sigma, settings.image_size
+    if shape_steps:
+        choice = silhouette_choice(model, reader, renderer, sigma, size, device)
+        out["shape_refit"] = r = refit_shape(
+            model, reader, renderer, cfg, choice.quat, shape_steps, device
+        )
+        logger.event(
+            step,
+            f"shape refit: {shape_steps} steps at the chosen poses, projection "
+            f"{r['projection_start']:.3f} -> {r['projection_end']:.3f}, hull surface "
+            f"{r['hull_start']:.3f} -> {r['hull_end']:.3f} ({r['seconds']:.0f} s)",
+        )
+    if refit_steps:
+        # from a fresh head, seeded: the same choice gives the same student
+        out["student_refit"] = r = refit_student(
+            model, reader, renderer, sigma, size, refit_steps, int(cfg.seed), device
+        )
+        sel = r.get("selector_agreement")
+        logger.event(
+            step,
+            f"student refit: {refit_steps} steps on {r['views']} training views, "
+            f"student loss {r['loss_start']:.4f} -> {r['loss_end']:.4f}"
+            + ("" if sel is None else f"; selector picks the chosen head on {sel:.3f}"),
+        )
+    return out
+
+
 def _command(cfg: DictConfig) -> int:
+    finished = False
     try:
         train(cfg)
+        finished = True
     except NonFiniteLossError as e:
         print(f"[dpc.train] {e}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown_distributed(finished)
     return 0
 
 

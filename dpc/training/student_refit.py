@@ -81,6 +81,15 @@ def _fit(head, codes, loss_fn, target, steps: int, seed: int) -> tuple[float, fl
         return start, float(loss_fn(head(codes), target))
 
 
+def silhouette_choice(model, reader, renderer, sigma: float, image_size: int, device="cpu",
+                      progress: bool = True):  # fmt: skip
+    """Per training view, the candidate whose render of the view's predicted cloud best
+    matches the view's mask: :class:`dpc.eval.predictions.Predictions` of the train split,
+    ``quat [n_obj, V, 4]`` the choice (the refits' targets)."""
+    return predict_split(model, reader, "train", image_size, device=device, renderer=renderer,
+                         sigma=sigma, progress=progress, pose_from="silhouette")  # fmt: skip
+
+
 def refit_student(
     model,
     reader,
@@ -102,8 +111,7 @@ def refit_student(
     selector = getattr(model, "pose_selector", None)
     if selector is not None:
         model.selector_fitted.fill_(False)  # the student's poses, not a stale selector's
-    pred = predict_split(model, reader, "train", image_size, device=device, renderer=renderer,
-                         sigma=sigma, progress=progress, pose_from="silhouette")  # fmt: skip
+    pred = silhouette_choice(model, reader, renderer, sigma, image_size, device, progress)
     target = torch.from_numpy(pred.quat).reshape(-1, 4).to(device)
     images = reader.images("train")
     codes = pose_codes(model, images.reshape(-1, *images.shape[2:]), image_size, device)

@@ -41,6 +41,9 @@ ADDED = {
     "loss.hull_surface_from_step": 0,
     "trainer.student_refit_steps": 0,  # issue 20: the refit is an option
     "model.pose_selector": False,  # issue 20: the selector is an option
+    "trainer.shape_refit_steps": 0,  # issue 20: the shape refit is an option
+    "trainer.shape_refit_hull_weight": 10.0,
+    "trainer.shape_refit_lr": 1.0e-4,
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
