@@ -154,20 +154,8 @@ def train(cfg: DictConfig) -> dict:
                     )
                     break
             if refits and final == max_steps and not stop_now and is_main and not refitted:
-                summary.update(
-                    run_refits(
-                        model,
-                        reader,
-                        renderer,
-                        settings,
-                        cfg,
-                        refit_steps,
-                        shape_steps,
-                        device,
-                        logger,
-                        final - 1,
-                    )  # fmt: skip
-                )
+                args = (refit_steps, shape_steps, device, logger, final - 1)
+                summary.update(run_refits(model, reader, renderer, settings, cfg, *args))
                 refitted = True
                 if cfg.val.every:
                     val_metrics = validate_and_log(logger, model, reader, cfg, device, final - 1)

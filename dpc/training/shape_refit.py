@@ -1,5 +1,5 @@
-"""``trainer.shape_refit_steps`` (not in the paper): after training (and the student refit),
-fine-tune the shape path alone at fixed poses, with the hull-surface term.
+"""``trainer.shape_refit_steps`` (not in the paper): after training (before the student
+refit), fine-tune the shape path alone at fixed poses, with the hull-surface term.
 
 Unsupervised clouds at CPU size fill the object's volume (RESULTS.md: car Chamfer 8.8,
 above the 6.20 of a cloud filling the volume), and the hull-surface term that moves points
@@ -14,7 +14,7 @@ pose the model predicts, student or selector, stays bit for bit what it was.
 
 Test time reads the image alone, as in the paper. The refit continues from the trained
 weights, so it is not idempotent: :func:`dpc.train.train` runs it once, in the process that
-trains the last step.
+trains the last step, and the checkpoint records that it ran (``refitted``).
 """
 
 from __future__ import annotations

@@ -74,7 +74,9 @@ def test_the_hull_term_pulls_points_to_the_hull_surface():
     # with the term the hull-surface value falls further than with weight 0
     ends = {}
     for w in (0, 10):
-        cfg, model, reader, renderer = _setup([f"trainer.shape_refit_hull_weight={w}", "trainer.shape_refit_lr=1e-3"])
+        cfg, model, reader, renderer = _setup(
+            [f"trainer.shape_refit_hull_weight={w}", "trainer.shape_refit_lr=1e-3"]
+        )
         c = refit_cfg(cfg)
         c.loss.hull_surface_weight = 1.0  # measure it either way, on a fixed batch
         batch = build_batch_sampler(c, reader, targets=batch_targets(c))(99)
