@@ -95,11 +95,10 @@ def refit_shape(
     sampler.quats = np.ascontiguousarray(poses, dtype=np.float32)
     T = int(cfg.trainer.max_steps)
     sigma, keep = schedules.blur_sigma(T - 1, cfg), schedules.keep_fraction(T - 1, cfg)
-    names = [n for n, _ in model.named_parameters() if n.startswith(SHAPE_PARAMETERS)]
-    params = [p for n, p in model.named_parameters() if n in names]
+    params = [p for n, p in model.named_parameters() if n.startswith(SHAPE_PARAMETERS)]
     frozen = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
-        p.requires_grad_(n in names)
+        p.requires_grad_(n.startswith(SHAPE_PARAMETERS))
     opt = torch.optim.Adam(params, lr=float(cfg.trainer.shape_refit_lr))
     was_training = model.training
     model.train()
