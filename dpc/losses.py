@@ -173,6 +173,32 @@ def depth_coverage(grid_points: Tensor, q: Tensor, valid: Tensor, cells: int) ->
     return (dist * w).sum(-1) / w.sum(-1).clamp_min(1.0)
 
 
+def point_repulsion(points: Tensor, queries: Tensor, neighbors: int, radius: float) -> Tensor:
+    """Not in the paper: spreads points apart, so that a cloud pulled onto a surface covers
+    it instead of bunching (the hull-surface term alone leaves clumps: RESULTS.md "Round 5").
+
+    For each query point, its ``neighbors`` nearest other points of the same cloud; each
+    closer than ``radius`` costs ``((radius - d) / radius)^2``. The neighbours are found
+    without a graph; the distances to them carry the gradient (to both points of a pair).
+
+    Args: ``points [B, N, 3]``, ``queries [B, S]`` indices into N (a random subset keeps
+    the cost at ``B x S x N``), ``radius`` in the points' units. Returns ``[B]``: the mean
+    over queries and neighbours.
+    """
+    B, N, _ = points.shape
+    k = min(int(neighbors), N - 1)
+    q = points.gather(1, queries[..., None].expand(-1, -1, 3))  # [B, S, 3]
+    with torch.no_grad():
+        p, qd = points.detach(), q.detach()
+        d2 = (qd * qd).sum(-1)[..., None] + (p * p).sum(-1)[:, None] - 2 * qd @ p.transpose(1, 2)
+        d2.scatter_(2, queries[..., None], float("inf"))  # not the query itself
+        nbr = d2.topk(k, dim=-1, largest=False).indices  # [B, S, k]
+    S = queries.shape[1]
+    near = points.gather(1, nbr.reshape(B, S * k, 1).expand(-1, -1, 3)).view(B, S, k, 3)
+    d = ((q[:, :, None] - near).square().sum(-1) + 1e-12).sqrt()  # [B, S, k]
+    return ((radius - d).clamp_min(0.0) / radius).square().mean((-2, -1))
+
+
 def hull_surface_loss(grid_points: Tensor, inner: Tensor, cells_per_pixel: float = 1.0) -> Tensor:
     """Not in the paper, silhouettes only: pulls each point onto the visual hull's surface.
 

@@ -185,11 +185,14 @@ def run_refits(
         out["shape_refit"] = r = refit_shape(
             model, reader, renderer, cfg, choice.quat, shape_steps, device
         )
+        rep = ""
+        if r["repulsion_start"] is not None:
+            rep = f", repulsion {r['repulsion_start']:.3f} -> {r['repulsion_end']:.3f}"
         logger.event(
             step,
             f"shape refit: {shape_steps} steps at the chosen poses, projection "
             f"{r['projection_start']:.3f} -> {r['projection_end']:.3f}, hull surface "
-            f"{r['hull_start']:.3f} -> {r['hull_end']:.3f} ({r['seconds']:.0f} s)",
+            f"{r['hull_start']:.3f} -> {r['hull_end']:.3f}{rep} ({r['seconds']:.0f} s)",
         )
     if refit_steps:
         # from a fresh head, seeded: the same choice gives the same student

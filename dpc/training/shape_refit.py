@@ -53,6 +53,11 @@ def check_shape_refit(cfg) -> int:
         raise ValueError(
             f"trainer.shape_refit_hull_weight must be >= 0, got {tr.shape_refit_hull_weight}"
         )
+    if float(tr.shape_refit_repulsion_weight) < 0:
+        raise ValueError(
+            "trainer.shape_refit_repulsion_weight must be >= 0, got "
+            f"{tr.shape_refit_repulsion_weight}"
+        )
     if float(tr.shape_refit_lr) <= 0:
         raise ValueError(f"trainer.shape_refit_lr must be > 0, got {tr.shape_refit_lr}")
     return steps
@@ -61,11 +66,13 @@ def check_shape_refit(cfg) -> int:
 def refit_cfg(cfg):
     """The config of the refit's steps: ``cfg`` with the poses given (the batch's ``quat``,
     as camera supervision reads them) and the hull-surface term at
-    ``trainer.shape_refit_hull_weight`` from the first step."""
+    ``trainer.shape_refit_hull_weight`` from the first step, and the point repulsion at
+    ``trainer.shape_refit_repulsion_weight``."""
     c = copy.deepcopy(cfg)
     c.model.predict_pose = False
     c.loss.hull_surface_weight = float(cfg.trainer.shape_refit_hull_weight)
     c.loss.hull_surface_from_step = 0
+    c.loss.repulsion_weight = float(cfg.trainer.shape_refit_repulsion_weight)
     return c
 
 
@@ -81,8 +88,8 @@ def refit_shape(
 ) -> dict:
     """Fine-tune the shape path of ``model`` in place (see the module docstring) at the
     training views' ``poses [n_obj, V, 4]``; returns ``{"steps", "projection_start",
-    "projection_end", "hull_start", "hull_end", "seconds"}`` (the terms of the first and
-    last step's batch)."""
+    "projection_end", "hull_start", "hull_end", "repulsion_start", "repulsion_end",
+    "seconds"}`` (the terms of the first and last step's batch; repulsion None when off)."""
     c = refit_cfg(cfg)
     sampler = build_batch_sampler(
         c, reader, seed=int(cfg.seed) + SEED_OFFSET, targets=batch_targets(c)
@@ -128,5 +135,7 @@ def refit_shape(
         "projection_end": last.get("projection_loss"),
         "hull_start": first.get("hull_surface"),
         "hull_end": last.get("hull_surface"),
+        "repulsion_start": first.get("repulsion"),
+        "repulsion_end": last.get("repulsion"),
         "seconds": time.perf_counter() - t0,
     }

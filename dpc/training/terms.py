@@ -30,6 +30,7 @@ from dpc.losses import (
     depth_surface_samples,
     hull_surface_loss,
     per_view_l2,
+    point_repulsion,
     silhouette_distance,
     student_align_loss,
     student_loss,
@@ -244,6 +245,25 @@ class HullSurface(LossTerm):
         return ctx.per_cloud(hull_surface_loss(grid, inner.transpose(1, 2)))
 
 
+class Repulsion(LossTerm):
+    """Not in the paper: spreads each cloud's points apart (:func:`dpc.losses.point_repulsion`),
+    ``loss.repulsion_queries`` random points per cloud and step; independent of the pose, so
+    added after winner-takes-all."""
+
+    name, key, per_candidate = "repulsion", "repulsion_weight", False
+
+    def __call__(self, ctx):
+        b, N = ctx.points.shape[:2]
+        g = torch.Generator().manual_seed(int(ctx.cfg.seed) * 1_000_003 + int(ctx.step) + 11)
+        S = min(int(ctx.cfg.loss.repulsion_queries), N)
+        queries = torch.stack([torch.randperm(N, generator=g)[:S] for _ in range(b)])
+        lo = ctx.cfg.loss
+        return point_repulsion(
+            ctx.points, queries.to(ctx.points.device), int(lo.repulsion_neighbors),
+            float(lo.repulsion_radius),
+        ).mean()  # fmt: skip
+
+
 class Student(LossTerm):
     """The student pose head pulled to each view's winning candidate (docs/METHOD.md 4):
     ``1 - w^2``, or the original's reference-point alignment with
@@ -274,6 +294,7 @@ TERMS: list[LossTerm] = [
     DepthCoverage(),
     HullSurface(),
     Student(),
+    Repulsion(),
 ]
 
 

@@ -44,6 +44,11 @@ ADDED = {
     "trainer.shape_refit_steps": 0,  # issue 20: the shape refit is an option
     "trainer.shape_refit_hull_weight": 10.0,
     "trainer.shape_refit_lr": 1.0e-4,
+    "trainer.shape_refit_repulsion_weight": 0.0,  # issue 20: point repulsion is an option
+    "loss.repulsion_weight": 0.0,
+    "loss.repulsion_radius": 0.015,
+    "loss.repulsion_neighbors": 4,
+    "loss.repulsion_queries": 256,
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -97,6 +97,17 @@ def test_hull_surface_is_the_inner_distance_at_the_points():
     assert T.batch_targets(cfg) == {"mask_inner_distance"}  # loaded from the start
 
 
+def test_repulsion_is_the_shortfall_below_the_radius_of_each_nearest_neighbour():
+    # three points on a line, 0.25 and 0.75 apart; radius 0.5, one neighbour each:
+    # 0 and 1 see each other at 0.25 -> (0.25 / 0.5)^2 each; 2's nearest is at 0.75 -> 0
+    pts = torch.tensor([[[0.0, 0, 0], [0.25, 0, 0], [1.0, 0, 0]]])
+    cfg = compose_cfg(TINY + ["loss.repulsion_radius=0.5", "loss.repulsion_neighbors=1",
+                              "loss.repulsion_queries=3"])  # fmt: skip
+    assert T.Repulsion()(_ctx(cfg, points=pts)).item() == pytest.approx(0.5 / 3)
+    assert not T.Repulsion().per_candidate  # one value per cloud, whatever the pose
+    assert T.Repulsion().weight(cfg, 0) == 0.0  # off by default
+
+
 def test_student_is_one_minus_w_squared_of_the_winner():
     cfg = compose_cfg(TINY)
     normalize_loss_config(cfg.loss)
@@ -121,11 +132,13 @@ ALL = {
     "loss.depth_coverage_weight": 0.17,
     "loss.hull_surface_weight": 0.19,
     "loss.pose_predictor_student_loss_weight": 2.0,
+    "loss.repulsion_weight": 0.23,
 }
 
 
 def _step_with_every_term(overrides=()):
-    cfg = compose_cfg(TINY + ["model.pc_rgb=true", "model.pose_predict_num_candidates=2"]
+    cfg = compose_cfg(TINY + ["model.pc_rgb=true", "model.pose_predict_num_candidates=2",
+                              "loss.repulsion_radius=0.5"]  # every point has close neighbours
                       + [f"{k}={v}" for k, v in ALL.items()] + list(overrides))  # fmt: skip
     normalize_loss_config(cfg.loss)
     torch.manual_seed(0)
@@ -147,7 +160,8 @@ def test_the_step_loss_is_the_weighted_sum_of_every_term():
     weights = {t.name: t.weight(cfg, 3) for t in T.TERMS}
     names = {t.name for t in T.TERMS}
     assert names == {"projection_loss", "color_loss", "depth_loss", "silhouette_distance",
-                     "surface_depth", "depth_coverage", "hull_surface", "student_loss"}  # fmt: skip
+                     "surface_depth", "depth_coverage", "hull_surface", "student_loss",
+                     "repulsion"}  # fmt: skip
     assert set(out.terms) == names | {"data_loss", "pose_spread"}
     assert all(out.terms[n].item() > 0 for n in names)
     expect = sum(weights[n] * out.terms[n] for n in names)

@@ -70,6 +70,27 @@ def test_the_refit_step_is_projection_plus_weighted_hull_at_the_given_poses():
     assert out.silhouette.shape[2] == 1
 
 
+def test_the_refit_step_adds_the_weighted_repulsion():
+    # fails if trainer.shape_refit_repulsion_weight does not reach the refit's loss
+    cfg, model, reader, renderer = _setup(
+        [
+            "trainer.shape_refit_hull_weight=7",
+            "trainer.shape_refit_repulsion_weight=3",
+            "loss.repulsion_radius=0.5",
+        ]  # fmt: skip
+    )
+    c = refit_cfg(cfg)
+    assert c.loss.repulsion_weight == 3 and cfg.loss.repulsion_weight == 0
+    batch = build_batch_sampler(c, reader, targets=batch_targets(c))(0)
+    out = compute_step(model, renderer, batch, c, 2, 0.5, 1.0, slice(None))
+    t = out.terms
+    assert float(t["repulsion"].detach()) > 0
+    expect = t["projection_loss"] + 7 * t["hull_surface"] + 3 * t["repulsion"]
+    torch.testing.assert_close(out.loss, expect)
+    r = refit_shape(model, reader, renderer, cfg, reader.quats("train"), 2, progress=False)
+    assert r["repulsion_start"] > 0 and r["repulsion_end"] is not None
+
+
 def test_the_hull_term_pulls_points_to_the_hull_surface():
     # with the term the hull-surface value falls further than with weight 0
     ends = {}
@@ -92,6 +113,7 @@ def test_bad_values_name_the_key():
         ("trainer.shape_refit_steps=-1", "trainer.shape_refit_steps"),
         ("trainer.shape_refit_hull_weight=-1", "trainer.shape_refit_hull_weight"),
         ("trainer.shape_refit_lr=0", "trainer.shape_refit_lr"),
+        ("trainer.shape_refit_repulsion_weight=-1", "trainer.shape_refit_repulsion_weight"),
     ]:
         with pytest.raises(ValueError, match=key):
             check_shape_refit(compose_cfg(TINY + REFIT + [bad]))

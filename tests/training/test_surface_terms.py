@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dpc.data.images import mask_distance_maps
-from dpc.losses import depth_coverage, depth_surface_samples, hull_surface_loss
+from dpc.losses import depth_coverage, depth_surface_samples, hull_surface_loss, point_repulsion
 
 
 def _square(G=9, depth=1.8, lo=2, hi=7):
@@ -150,3 +150,39 @@ def test_two_step_run_with_both_terms(tmp_path, full_res):
     recs = [r for r in recs if "loss" in r]
     assert len(recs) == 2
     assert all(r["depth_coverage"] > 0 and r["hull_surface"] > 0 for r in recs)
+
+
+def test_repulsion_matches_a_brute_force_reference_and_its_gradient():
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(2, 37, 3, generator=g, dtype=torch.float64) * 0.3
+    pts[1, 5] = pts[1, 6]  # a duplicate: it is its own neighbour's nearest, not its own
+    queries = torch.stack([torch.randperm(37, generator=g)[:11] for _ in range(2)])
+    got = point_repulsion(pts, queries, 3, 0.1)
+    want = []
+    for b in range(2):
+        d = torch.cdist(pts[b, queries[b]], pts[b])
+        d[torch.arange(11), queries[b]] = float("inf")
+        near = d.topk(3, largest=False).values
+        want.append(((0.1 - near).clamp_min(0) / 0.1).square().mean())
+    # atol: the duplicate's distance is sqrt(1e-12), not 0 (the square root's guard)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-7, atol=1e-5)
+    assert got[1] > 0 and torch.isfinite(got).all()
+    ok = torch.ones(37, dtype=torch.bool)
+    ok[[5, 6]] = False  # away from the duplicate (distance 0 has no derivative)
+    q = torch.stack([torch.nonzero(ok)[:11, 0]] * 2)
+    fn = lambda p: point_repulsion(p, q, 3, 0.1)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (pts.clone().requires_grad_(),))
+
+
+def test_repulsion_spreads_points_apart():
+    g = torch.Generator().manual_seed(0)
+    pts = (torch.rand(1, 200, 3, generator=g) * 0.05).requires_grad_()
+    opt = torch.optim.Adam([pts], lr=1e-3)
+    nn0 = torch.cdist(pts[0], pts[0]).fill_diagonal_(9).min(-1).values.mean().item()
+    for _ in range(100):
+        loss = point_repulsion(pts, torch.arange(200)[None], 4, 0.05).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    nn1 = torch.cdist(pts[0], pts[0]).fill_diagonal_(9).min(-1).values.mean().item()
+    assert nn1 > 1.5 * nn0
