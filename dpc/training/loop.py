@@ -38,6 +38,9 @@ def check_loss_config(loss) -> None:
     for key, value in loss.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"loss.{key} must be >= 0, got {value}")
+    for key in ("repulsion_radius", "repulsion_neighbors", "repulsion_queries"):
+        if key in loss and not loss[key] > 0:  # a zero radius divides by zero
+            raise ValueError(f"loss.{key} must be > 0, got {loss[key]}")
 
 
 def start_process(cfg) -> tuple[int, int, int, torch.device]:

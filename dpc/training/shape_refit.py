@@ -1,5 +1,7 @@
 """``trainer.shape_refit_steps`` (not in the paper): after training (before the student
-refit), fine-tune the shape path alone at fixed poses, with the hull-surface term.
+refit), fine-tune the shape path alone at fixed poses, with the hull-surface term and,
+with ``trainer.shape_refit_repulsion_weight``, the point repulsion that spreads the points
+over the surface.
 
 Unsupervised clouds at CPU size fill the object's volume (RESULTS.md: car Chamfer 8.8,
 above the 6.20 of a cloud filling the volume), and the hull-surface term that moves points
@@ -7,10 +9,11 @@ onto the surface costs pose accuracy when it runs during training: its gradient 
 poses while they are still being learnt (0.62 against 0.72 on cars). Here the poses are
 settled and frozen: each training view's pose is the candidate whose render best matches
 the view's own mask (the choice the student refit fits to, ``pose_from="silhouette"`` on
-the TRAINING split), and the camera-supervised step (projection loss + ``w`` x hull surface,
-:mod:`dpc.training.step`) runs with those poses for ``n`` Adam steps, updating only the
-layers that feed the shape and nothing that feeds a pose (:data:`SHAPE_PARAMETERS`), so every
-pose the model predicts, student or selector, stays bit for bit what it was.
+the TRAINING split), and the camera-supervised step (projection loss + ``w`` x hull
+surface [+ ``r`` x repulsion], :mod:`dpc.training.step`) runs with those poses for ``n``
+Adam steps, updating only the layers that feed the shape and nothing that feeds a pose
+(:data:`SHAPE_PARAMETERS`), so every pose the model predicts, student or selector, stays
+bit for bit what it was.
 
 Test time reads the image alone, as in the paper. The refit continues from the trained
 weights, so it is not idempotent: :func:`dpc.train.train` runs it once, in the process that
@@ -73,6 +76,7 @@ def refit_cfg(cfg):
     c.loss.hull_surface_weight = float(cfg.trainer.shape_refit_hull_weight)
     c.loss.hull_surface_from_step = 0
     c.loss.repulsion_weight = float(cfg.trainer.shape_refit_repulsion_weight)
+    c.loss.repulsion_from_step = 0
     return c
 
 

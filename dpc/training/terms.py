@@ -248,9 +248,10 @@ class HullSurface(LossTerm):
 class Repulsion(LossTerm):
     """Not in the paper: spreads each cloud's points apart (:func:`dpc.losses.point_repulsion`),
     ``loss.repulsion_queries`` random points per cloud and step; independent of the pose, so
-    added after winner-takes-all."""
+    added after winner-takes-all; off before ``loss.repulsion_from_step``."""
 
     name, key, per_candidate = "repulsion", "repulsion_weight", False
+    from_step_key = "repulsion_from_step"
 
     def __call__(self, ctx):
         b, N = ctx.points.shape[:2]

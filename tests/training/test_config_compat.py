@@ -49,6 +49,7 @@ ADDED = {
     "loss.repulsion_radius": 0.015,
     "loss.repulsion_neighbors": 4,
     "loss.repulsion_queries": 256,
+    "loss.repulsion_from_step": 0,
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -106,6 +106,9 @@ def test_repulsion_is_the_shortfall_below_the_radius_of_each_nearest_neighbour()
     assert T.Repulsion()(_ctx(cfg, points=pts)).item() == pytest.approx(0.5 / 3)
     assert not T.Repulsion().per_candidate  # one value per cloud, whatever the pose
     assert T.Repulsion().weight(cfg, 0) == 0.0  # off by default
+    cfg = compose_cfg(TINY + ["loss.repulsion_from_step=7", "loss.repulsion_weight=3"])
+    assert T.Repulsion().weight(cfg, 6) == 0.0
+    assert T.Repulsion().weight(cfg, 7) == 3.0
 
 
 def test_student_is_one_minus_w_squared_of_the_winner():

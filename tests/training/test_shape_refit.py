@@ -77,10 +77,12 @@ def test_the_refit_step_adds_the_weighted_repulsion():
             "trainer.shape_refit_hull_weight=7",
             "trainer.shape_refit_repulsion_weight=3",
             "loss.repulsion_radius=0.5",
+            "loss.repulsion_from_step=100000",  # training's start step does not apply
         ]  # fmt: skip
     )
     c = refit_cfg(cfg)
     assert c.loss.repulsion_weight == 3 and cfg.loss.repulsion_weight == 0
+    assert c.loss.repulsion_from_step == 0
     batch = build_batch_sampler(c, reader, targets=batch_targets(c))(0)
     out = compute_step(model, renderer, batch, c, 2, 0.5, 1.0, slice(None))
     t = out.terms

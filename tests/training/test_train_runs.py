@@ -154,7 +154,14 @@ def test_missing_dataset_stops_with_command(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override", ["loss.silhouette_distance_weight=-0.1", "loss.silhouette_distance_from_step=-1"]
+    "override",
+    [
+        "loss.silhouette_distance_weight=-0.1",
+        "loss.silhouette_distance_from_step=-1",
+        "loss.repulsion_radius=0",
+        "loss.repulsion_neighbors=0",
+        "loss.repulsion_queries=0",
+    ],
 )
 def test_negative_loss_setting_is_a_clear_error(override):
     cfg = compose_cfg(["+experiment=car_quick", override] + TINY)
