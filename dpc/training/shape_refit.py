@@ -52,15 +52,9 @@ def check_shape_refit(cfg) -> int:
             "trainer.shape_refit_steps > 0 is for unsupervised runs (model.predict_pose=true): "
             "with ground-truth poses, train with loss.hull_surface_weight instead"
         )
-    if float(tr.shape_refit_hull_weight) < 0:
-        raise ValueError(
-            f"trainer.shape_refit_hull_weight must be >= 0, got {tr.shape_refit_hull_weight}"
-        )
-    if float(tr.shape_refit_repulsion_weight) < 0:
-        raise ValueError(
-            "trainer.shape_refit_repulsion_weight must be >= 0, got "
-            f"{tr.shape_refit_repulsion_weight}"
-        )
+    for key in ("shape_refit_hull_weight", "shape_refit_repulsion_weight"):
+        if float(tr[key]) < 0:
+            raise ValueError(f"trainer.{key} must be >= 0, got {tr[key]}")
     if float(tr.shape_refit_lr) <= 0:
         raise ValueError(f"trainer.shape_refit_lr must be > 0, got {tr.shape_refit_lr}")
     return steps

@@ -97,6 +97,11 @@ class StepContext:
             return self.batch["depth_full"], self.batch["mask_full"]
         return self.batch.get("depth"), self.masks
 
+    def generator(self, salt: int) -> torch.Generator:
+        """A CPU generator seeded by the run's seed, the step and ``salt`` (one stream per
+        term that draws samples), so a step draws the same samples on every run."""
+        return torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + int(self.step) + salt)
+
     def per_cloud(self, x: Tensor) -> Tensor:
         """A per-cloud-and-candidate value ``[b, M]`` as ``[b, K, M]`` (the same for every
         view of the object)."""
@@ -217,7 +222,7 @@ class DepthCoverage(LossTerm):
     def __call__(self, ctx):
         b, K, M = ctx.shape
         depth, mask = ctx.surface_maps
-        g = torch.Generator().manual_seed(int(ctx.cfg.seed) * 1_000_003 + int(ctx.step) + 7)
+        g = ctx.generator(7)
         num = int(ctx.cfg.loss.depth_coverage_samples)
         q, ok = depth_surface_samples(
             depth.flatten(0, 1), mask.flatten(0, 1), ctx.camera_distance, num, g
@@ -255,10 +260,9 @@ class Repulsion(LossTerm):
 
     def __call__(self, ctx):
         b, N = ctx.points.shape[:2]
-        g = torch.Generator().manual_seed(int(ctx.cfg.seed) * 1_000_003 + int(ctx.step) + 11)
-        S = min(int(ctx.cfg.loss.repulsion_queries), N)
+        lo, g = ctx.cfg.loss, ctx.generator(11)
+        S = min(int(lo.repulsion_queries), N)
         queries = torch.stack([torch.randperm(N, generator=g)[:S] for _ in range(b)])
-        lo = ctx.cfg.loss
         return point_repulsion(
             ctx.points, queries.to(ctx.points.device), int(lo.repulsion_neighbors),
             float(lo.repulsion_radius),
