@@ -182,7 +182,13 @@ def run(opts: DictConfig) -> dict:
     )
     if opts.baselines:
         res["baselines"] = baselines(
-            reader, split, gt, res["_valid_gt"], preds.predicts_pose, bool(opts.gt_dense)
+            reader,
+            split,
+            gt,
+            res["_valid_gt"],
+            preds.predicts_pose,
+            bool(opts.gt_dense),
+            num_points=int(preds.points.shape[-2]),
         )
     if preds.predicts_pose:  # paper + flip-robust alignment, flips, ambiguity
         vg = res["_valid_gt"]
@@ -248,6 +254,12 @@ def _print_summary(res: dict, out: Path) -> None:
         lines.append(
             f"  mean shape  precision {m['precision']:.3f}  coverage {m['coverage']:.3f}  "
             f"chamfer {m['chamfer']:.3f}"
+        )
+    if "mean_shape_matched" in b:
+        m = b["mean_shape_matched"]
+        lines.append(
+            f"  mean shape  at the predictions' {m['num_points']} points: precision "
+            f"{m['precision']:.3f}  coverage {m['coverage']:.3f}  chamfer {m['chamfer']:.3f}"
         )
     if "pose" in res:
         p = res["pose"]

@@ -20,7 +20,8 @@ from dpc.eval.alignment import markley_average
 from dpc.eval.metrics import pose_errors_deg, pose_summary, shape_metrics
 
 
-def _subsample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+def subsample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of the ``[P, 3]`` points, drawn without replacement (all of them if P <= n)."""
     if points.shape[0] <= n:
         return points
     idx = np.random.default_rng(seed).choice(points.shape[0], n, replace=False)
@@ -46,7 +47,7 @@ def chamfer_medoid(
     rng = np.random.default_rng(seed)
     cand = np.sort(rng.choice(n, min(n, max_objects), replace=False))
     clouds = [
-        _subsample(np.asarray(train_points[i], np.float64), num_points, seed + i) for i in cand
+        subsample(np.asarray(train_points[i], np.float64), num_points, seed + i) for i in cand
     ]
     # One tree per cloud, queried by every other cloud: k trees + k^2 queries (about 2 s
     # for k = 64, 2000 points) instead of rebuilding trees for every pair.

@@ -10,7 +10,12 @@ import torch
 
 from dpc.data.images import mask_distance_maps
 from dpc.eval.alignment import AlignmentResult
-from dpc.eval.baselines import chamfer_medoid, mean_shape_baseline, mean_view_baseline
+from dpc.eval.baselines import (
+    chamfer_medoid,
+    mean_shape_baseline,
+    mean_view_baseline,
+    subsample,
+)
 from dpc.eval.metrics import (
     FAR_DISTANCE,
     TRIM_KEEP,
@@ -204,8 +209,22 @@ def score(
     return res
 
 
-def baselines(reader, split, gt, valid_gt, with_pose: bool, gt_dense: bool = False) -> dict:
-    """Mean-shape (Chamfer medoid of train) and mean-view baselines on the same objects."""
+def baselines(
+    reader,
+    split,
+    gt,
+    valid_gt,
+    with_pose: bool,
+    gt_dense: bool = False,
+    num_points: int | None = None,
+) -> dict:
+    """Mean-shape (Chamfer medoid of train) and mean-view baselines on the same objects.
+
+    With ``num_points`` (the predictions' points per cloud) fewer than the medoid's, also
+    ``mean_shape_matched``: the same medoid subsampled to ``num_points``. Coverage
+    depends on the point count (a GT point's nearest predicted point is farther in a
+    sparser cloud), so this is the like-for-like comparison; ``mean_shape`` stays the
+    reference the targets are stated against."""
     out = {}
     if "train" not in reader.splits or len(reader.splits["train"]) == 0:
         out["note"] = "no train objects in this data set: baselines skipped"
@@ -223,6 +242,16 @@ def baselines(reader, split, gt, valid_gt, with_pose: bool, gt_dense: bool = Fal
         "definition": "Chamfer medoid of the training ground-truth clouds",
         "train_object": reader.splits["train"][int(np.nonzero(tv)[0][idx])],
     }
+    if num_points is not None and 0 < num_points < cloud.shape[0]:
+        sub = subsample(cloud, num_points, seed=0)
+        out["mean_shape_matched"] = {
+            **mean_shape_baseline(sub, gt, valid_gt),
+            "definition": (
+                f"the same medoid, {num_points} of its {cloud.shape[0]} points drawn at random "
+                "(seed 0): the predictions' point count"
+            ),
+            "num_points": int(num_points),
+        }
     if with_pose:
         q_gt = np.asarray(reader.quats(split))[: len(gt)][valid_gt]
         out["mean_view"] = {

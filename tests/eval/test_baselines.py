@@ -58,3 +58,26 @@ def test_the_mean_shape_is_the_medoid_of_the_train_split_not_the_evaluated_one()
     # the test split's own medoid scores differently (better: it is one of the objects)
     _, own = chamfer_medoid(gt)
     assert mean_shape_baseline(own, gt, valid)["chamfer"] != pytest.approx(want["chamfer"])
+
+
+def test_matched_mean_shape_is_the_medoid_at_the_predictions_point_count():
+    from dpc.data import synthetic_dataset
+    from dpc.eval.baselines import subsample
+    from dpc.eval.score import baselines, load_gt, valid_gt_mask
+
+    reader = synthetic_dataset({"train": 5, "test": 3}, num_views=2, image_size=16, num_points=400)
+    gt = load_gt(reader, "test", False)
+    valid = valid_gt_mask(gt)
+    out = baselines(reader, "test", gt, valid, with_pose=False, num_points=100)
+    _, cloud = chamfer_medoid(load_gt(reader, "train", False))
+    want = mean_shape_baseline(subsample(cloud, 100, seed=0), gt, valid)
+    got = out["mean_shape_matched"]
+    assert got["num_points"] == 100
+    assert got["chamfer"] == pytest.approx(want["chamfer"], rel=1e-6)
+    # a sparser cloud covers the ground truth worse
+    assert got["coverage"] > out["mean_shape"]["coverage"]
+    # at the medoid's own point count (or more) there is nothing to match
+    for n in (None, 400, 1000):
+        assert "mean_shape_matched" not in baselines(
+            reader, "test", gt, valid, with_pose=False, num_points=n
+        )

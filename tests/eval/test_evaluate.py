@@ -213,6 +213,9 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
     assert 0 <= res["diagnostics"]["outside_fraction"] <= 1
     b = res["baselines"]
     assert b["mean_shape"]["chamfer"] > 0 and 0 <= b["mean_view"]["accuracy"] <= 1
+    # the GT clouds have more points than the 500 predicted: the matched baseline is there
+    assert b["mean_shape_matched"]["num_points"] == 500
+    assert "mean shape  at the predictions' 500 points" in capsys.readouterr().out
     assert len(list((out / "ply").glob("*.ply"))) == 8
     npz = np.load(out / "predictions.npz")
     assert npz["points"].shape == (4, 5, 500, 3) and npz["quat"].shape == (4, 5, 4)
