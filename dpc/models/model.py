@@ -63,6 +63,7 @@ class DPCModel(nn.Module):
         flip_axis: str = "camera",
         candidates_init: str = "random",
         selector: bool = False,
+        ring_elevations: tuple[float, ...] = (0.0,),
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -81,6 +82,7 @@ class DPCModel(nn.Module):
                 student,
                 init=candidates_init,
                 ring_span=math.pi if flip_candidates else 2 * math.pi,
+                ring_elevations=tuple(ring_elevations),
             )  # fmt: skip
             if predict_pose
             else None
@@ -190,6 +192,7 @@ CONFIG_KEYS = {
     "flip_axis": "pose_flip_axis",
     "candidates_init": "pose_candidates_init",
     "selector": "pose_selector",
+    "ring_elevations": "pose_candidates_ring_elevations",
 }
 
 
