@@ -229,13 +229,21 @@ class LoadedRun:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
         from dpc.camera import quat_conj, quat_mul, quat_rotate
         from dpc.data.images import resize_masks
+        from dpc.eval.predictions import selector_with_silhouette, silhouette_errors
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
         B = x.shape[0]
         q_model, cands = None, out.pose_candidates  # [B, M, 4] as training chose among
         if cands is not None:
-            if out.pose is not None:  # the selector's pick, or the student
+            w = float(getattr(self.model, "pose_silhouette_weight", 0.0))
+            if out.selector_logits is not None and w > 0:  # model.pose_silhouette_weight
+                G = self.renderer.settings.vox_size
+                m = resize_masks(foreground_mask(x), G)
+                err = silhouette_errors(out.points, out.scale, cands, m, self.renderer, self.sigma)
+                k = selector_with_silhouette(out.selector_logits, err, w)
+                q_model = cands[torch.arange(B), k]
+            elif out.pose is not None:  # the selector's pick, or the student
                 q_model = out.pose
             elif cands.shape[1] == 1:
                 q_model = cands[:, 0]

@@ -89,10 +89,10 @@ def check_pose_from(pose_from: str) -> None:
         raise ValueError(f"pose_from must be one of {', '.join(POSE_FROM)}, got {pose_from!r}")
 
 
-def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tensor:
-    """Per view, the candidate pose of ``cands [B, M, 4]`` whose render of the view's
-    cloud ``pts [B, N, 3]`` (occupancy ``scale [B]``) is closest (L2) to the view's own
-    mask. Returns ``[B, 4]``."""
+def silhouette_errors(pts, scale, cands, masks, renderer, sigma) -> torch.Tensor:
+    """``[B, M]``: the L2 distance between the render of each view's cloud ``pts [B, N,
+    3]`` (occupancy ``scale [B]``) at each candidate of ``cands [B, M, 4]`` and the view's
+    mask ``masks [B, G, G]`` (float in [0, 1], at the renderer's grid size G)."""
     B, M = cands.shape[:2]
     G = renderer.settings.vox_size
     sil = renderer(
@@ -101,9 +101,31 @@ def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tenso
         sigma=sigma,
         scale=scale.repeat_interleave(M, 0),
     ).silhouette.view(B, M, G, G)
-    m = prepare_masks(masks_u8, G).to(pts.device)
-    err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)  # [B, M]
-    return cands[torch.arange(B), err.argmin(1)]
+    return (sil - masks.to(sil)[:, None]).pow(2).flatten(2).sum(-1)
+
+
+def selector_with_silhouette(logits, errors, weight: float) -> torch.Tensor:
+    """``model.pose_silhouette_weight`` (not in the paper): per view ``[B]``, the candidate
+    k maximising ``log softmax(logits)_k - weight * (E_k / min_j E_j - 1)``.
+
+    The selector (``logits [B, M]``) reads the image; the silhouette errors ``errors [B,
+    M]`` (:func:`silhouette_errors`) read how well each candidate's render fits the
+    input's mask. Each alone mistakes about a fifth of the car views for their front/back
+    flip, not always the same ones, and the sum gets more right (RESULTS.md "Round 6").
+    Dividing by the view's own best error makes the weight independent of the mask's size
+    and of the data set; a single image decides, as for the selector."""
+    rel = errors / errors.min(1, keepdim=True).values.clamp_min(1e-12)
+    score = torch.log_softmax(logits.to(errors), 1) - float(weight) * (rel - 1.0)
+    return score.argmax(1)
+
+
+def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tensor:
+    """Per view, the candidate pose of ``cands [B, M, 4]`` whose render of the view's
+    cloud ``pts [B, N, 3]`` (occupancy ``scale [B]``) is closest (L2) to the view's own
+    mask ``masks_u8``. Returns ``[B, 4]``."""
+    m = prepare_masks(masks_u8, renderer.settings.vox_size).to(pts.device)
+    err = silhouette_errors(pts, scale, cands, m, renderer, sigma)
+    return cands[torch.arange(cands.shape[0]), err.argmin(1)]
 
 
 @torch.no_grad()
@@ -154,7 +176,9 @@ def predict_split(
             with ``pose_from="silhouette"``).
         pose_from: ``"student"`` (the paper: the student head, or the only candidate;
             with a fitted ``model.pose_selector`` the candidate it picks, from the image
-            alone; without a student the candidate chosen as below) or ``"silhouette"`` (not in
+            alone, or with ``model.pose_silhouette_weight`` > 0 the candidate of
+            :func:`selector_with_silhouette`; without a student the candidate chosen as
+            below) or ``"silhouette"`` (not in
             the paper: per view the candidate whose render of the predicted cloud best
             matches the input view's own mask, a test-time choice that reads the input's
             silhouette; docs/eval.md).
@@ -194,7 +218,15 @@ def predict_split(
         if out.pose_candidates is not None:
             cand = out.pose_candidates  # flips included (model.pose_flip_candidates)
             cands.append(cand.float().cpu())
-            if out.pose is not None and pose_from == "student":
+            w = float(getattr(model, "pose_silhouette_weight", 0.0))
+            if out.selector_logits is not None and w > 0 and pose_from == "student":
+                if renderer is None:
+                    raise ValueError("model.pose_silhouette_weight > 0: pass a renderer")
+                m = prepare_masks(masks[o, v], renderer.settings.vox_size).to(device)
+                err = silhouette_errors(out.points, out.scale, cand, m, renderer, sigma)
+                k = selector_with_silhouette(out.selector_logits, err, w)
+                q = cand[torch.arange(len(k)), k]
+            elif out.pose is not None and pose_from == "student":
                 q = out.pose  # the fitted selector's pick (model.pose_selector), or the student
             elif cand.shape[1] == 1:
                 q = cand[:, 0]

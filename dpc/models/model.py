@@ -29,6 +29,10 @@ class ModelOutput(NamedTuple):
     # [B, 4] the candidate the fitted selector picks (model.pose_selector, after
     # trainer.student_refit_steps), else None
     pose_selected: Tensor | None = None
+    # [B, M] the fitted selector's logits over the candidates, else None (they weigh the
+    # candidates against their silhouettes with model.pose_silhouette_weight:
+    # dpc.eval.predictions.selector_with_silhouette)
+    selector_logits: Tensor | None = None
 
     @property
     def pose(self) -> Tensor | None:
@@ -64,6 +68,7 @@ class DPCModel(nn.Module):
         candidates_init: str = "random",
         selector: bool = False,
         ring_elevations: tuple[float, ...] = (0.0,),
+        silhouette_weight: float = 0.0,
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -110,6 +115,17 @@ class DPCModel(nn.Module):
                 self.pose_selector = _mlp(fc_dim, (32, 32), self.num_candidates)
                 init_he(self.pose_selector)
             self.register_buffer("selector_fitted", torch.zeros((), dtype=torch.bool))
+        # model.pose_silhouette_weight (not in the paper): how the pose is read at test time
+        # (dpc.eval.predictions.selector_with_silhouette); the network does not use it
+        w = float(silhouette_weight)
+        if not (w >= 0.0 and math.isfinite(w)):
+            raise ValueError(f"model.pose_silhouette_weight must be finite and >= 0, got {w}")
+        if w > 0 and not selector:
+            raise ValueError(
+                "model.pose_silhouette_weight > 0 needs model.pose_selector=true (it weighs "
+                "the selector's choice against the candidates' silhouettes)"
+            )
+        self.pose_silhouette_weight = w
 
     @property
     def predict_pose(self) -> bool:
@@ -158,11 +174,12 @@ class DPCModel(nn.Module):
         z, pose_code = self.encoder(images)
         points, scale, colors = self.shape(z if shape_index is None else z[shape_index])
         cands, student = self.pose(pose_code)
-        selected = None
+        selected, logits = None, None
         if self.pose_selector is not None and bool(self.selector_fitted):
-            k = self.pose_selector(pose_code).argmax(1)
+            logits = self.pose_selector(pose_code)
+            k = logits.argmax(1)
             selected = cands[torch.arange(len(k), device=k.device), k]
-        return ModelOutput(points, scale, colors, cands, student, selected)
+        return ModelOutput(points, scale, colors, cands, student, selected, logits)
 
 
 # The networks' defaults: the config group's file, the one place they are written (also
@@ -193,6 +210,7 @@ CONFIG_KEYS = {
     "candidates_init": "pose_candidates_init",
     "selector": "pose_selector",
     "ring_elevations": "pose_candidates_ring_elevations",
+    "silhouette_weight": "pose_silhouette_weight",
 }
 
 

@@ -2,6 +2,7 @@
 student head (and, with ``model.pose_selector``, a selector head) fitted to the candidates
 the network's own renders pick on the training views."""
 
+import numpy as np
 import pytest
 import torch
 from train_testutils import TINY, compose_cfg
@@ -156,3 +157,87 @@ def test_a_run_with_a_selector_saves_it_fitted(tmp_path):
     assert bool(run.model.selector_fitted)
     out = run.model(torch.rand(2, 3, 32, 32))
     assert out.pose_selected is not None and torch.equal(out.pose, out.pose_selected)
+    # dpc.predict's path reads the pose the same way: with a huge silhouette weight, the
+    # candidate whose render best fits the image's foreground
+    from dpc.data.images import resize_masks
+    from dpc.eval.loaded_run import foreground_mask
+    from dpc.eval.predictions import silhouette_errors
+
+    imgs = [np.asarray(open_training_data(run.cfg).images("val")[0, v]) for v in range(2)]
+    run.model.pose_silhouette_weight = 1e6
+    p = run.predict_full(imgs)
+    x = run.prepare(imgs)
+    o = run.model(x)
+    m = resize_masks(foreground_mask(x), run.renderer.settings.vox_size)
+    err = silhouette_errors(o.points, o.scale, o.pose_candidates, m, run.renderer, run.sigma)
+    want = o.pose_candidates[torch.arange(2), err.argmin(1)]
+    torch.testing.assert_close(p.quat_model, want)
+
+
+def test_selector_with_silhouette_known_answers():
+    from dpc.eval.predictions import selector_with_silhouette
+
+    logits = torch.tensor([[1.0, 0.0, -5.0]])  # the selector leans to candidate 0
+    err = torch.tensor([[12.0, 10.0, 1000.0]])  # the silhouettes lean to candidate 1 (1.2x)
+    # log p0 - log p1 = 1; candidate 0 pays w * 0.2: it keeps the pose until w = 5
+    assert selector_with_silhouette(logits, err, 0.0).item() == 0
+    assert selector_with_silhouette(logits, err, 4.9).item() == 0
+    assert selector_with_silhouette(logits, err, 5.1).item() == 1
+    # the weight is relative to the view's best error: scaling every error changes nothing
+    for w in (0.0, 4.9, 5.1, 100.0):
+        assert selector_with_silhouette(logits, 7.0 * err, w) == selector_with_silhouette(
+            logits, err, w
+        )
+
+
+def _fitted_selector_model(weight):
+    cfg, model, reader, renderer = _setup(
+        ["model.pose_selector=true", f"model.pose_silhouette_weight={weight}"]
+    )
+    with torch.no_grad():  # a selector that prefers candidate 2 by a little, for every input
+        last = model.pose_selector[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.0]))
+    model.selector_fitted.fill_(True)
+    return model, reader, renderer
+
+
+def test_the_pose_weighs_the_selector_against_the_silhouettes():
+    from dpc.eval.predictions import prepare_masks, selector_with_silhouette, silhouette_errors
+
+    kw = dict(renderer=None, sigma=0.5, progress=False)
+    model, reader, renderer = _fitted_selector_model(0.0)
+    kw["renderer"] = renderer
+    by_sil = predict_split(model, reader, "train", 32, pose_from="silhouette", **kw)
+    plain = predict_split(model, reader, "train", 32, **kw)
+    torch.testing.assert_close(
+        torch.from_numpy(plain.quat), torch.from_numpy(plain.candidates[:, :, 2])
+    )
+    # a huge weight: the silhouettes decide; a middling one: per view, the known formula
+    model.pose_silhouette_weight = 1e6
+    huge = predict_split(model, reader, "train", 32, **kw)
+    assert (abs(huge.quat - by_sil.quat).sum(-1) < 1e-6).all()
+    model.pose_silhouette_weight = 100.0  # untrained: the errors differ by under 1%
+    mid = predict_split(model, reader, "train", 32, **kw)
+    n, V, M = mid.candidates.shape[:3]
+    cands = torch.from_numpy(mid.candidates).flatten(0, 1)
+    mk = reader.masks("train")[:n]
+    masks = prepare_masks(mk.reshape(n * V, *mk.shape[2:]), renderer.settings.vox_size)
+    pts, scale = torch.from_numpy(mid.points).flatten(0, 1), torch.from_numpy(mid.scale).flatten()
+    err = silhouette_errors(pts, scale, cands, masks, renderer, 0.5)
+    logits = torch.tensor([0.0, 0.0, 0.5, 0.0]).expand(n * V, M)
+    k = selector_with_silhouette(logits, err, 100.0)
+    assert 0 < (k != 2).sum() < len(k)  # the weight moves some views off the selector's pick
+    torch.testing.assert_close(
+        torch.from_numpy(mid.quat).flatten(0, 1), cands[torch.arange(n * V), k]
+    )
+
+
+def test_the_silhouette_weight_needs_a_selector_and_a_sane_value():
+    with pytest.raises(ValueError, match="model.pose_silhouette_weight"):
+        build_model(compose_cfg(TINY + ["model.pose_silhouette_weight=2"]))
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(ValueError, match="model.pose_silhouette_weight"):
+            build_model(compose_cfg(TINY + ["model.pose_selector=true",
+                                            f"model.pose_silhouette_weight={bad}"]))  # fmt: skip
+    assert compose_cfg(TINY).model.pose_silhouette_weight == 0.0  # off by default
