@@ -67,7 +67,6 @@ class DPCModel(nn.Module):
         flip_axis: str = "camera",
         candidates_init: str = "random",
         selector: bool = False,
-        ring_elevations: tuple[float, ...] = (0.0,),
         silhouette_weight: float = 0.0,
     ):
         super().__init__()
@@ -87,7 +86,6 @@ class DPCModel(nn.Module):
                 student,
                 init=candidates_init,
                 ring_span=math.pi if flip_candidates else 2 * math.pi,
-                ring_elevations=tuple(ring_elevations),
             )  # fmt: skip
             if predict_pose
             else None
@@ -209,7 +207,6 @@ CONFIG_KEYS = {
     "flip_axis": "pose_flip_axis",
     "candidates_init": "pose_candidates_init",
     "selector": "pose_selector",
-    "ring_elevations": "pose_candidates_ring_elevations",
     "silhouette_weight": "pose_silhouette_weight",
 }
 

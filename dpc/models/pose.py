@@ -35,7 +35,6 @@ class PoseHeads(nn.Module):
         hidden: tuple[int, ...] = (32, 32),
         init: str = "random",
         ring_span: float = 2 * math.pi,
-        ring_elevations: tuple[float, ...] = (0.0,),
     ):
         super().__init__()
         if num_candidates < 1:
@@ -43,36 +42,23 @@ class PoseHeads(nn.Module):
         self.candidates = nn.ModuleList(_mlp(in_dim, hidden, 4) for _ in range(num_candidates))
         self.student = _mlp(in_dim, hidden, 4) if student else None
         init_he(self)
-        if not ring_elevations:
-            raise ValueError("model.pose_candidates_ring_elevations must list at least one angle")
-        if any(not -90.0 < float(e) < 90.0 for e in ring_elevations):
-            raise ValueError(
-                "model.pose_candidates_ring_elevations must be degrees in (-90, 90), got "
-                f"{list(ring_elevations)}"
-            )
         if init == "ring":
-            self._init_ring(ring_span, tuple(float(e) for e in ring_elevations))
+            self._init_ring(ring_span)
         elif init != "random":
             raise ValueError(f"model.pose_candidates_init must be 'random' or 'ring', got {init!r}")
 
     @torch.no_grad()
-    def _init_ring(
-        self, span: float, elevations: tuple[float, ...] = (0.0,), spread: float = 0.02
-    ) -> None:
+    def _init_ring(self, span: float, spread: float = 0.02) -> None:
         """``model.pose_candidates_init=ring`` (not in the paper): head h starts near the
         camera at azimuth ``span * h / M`` (``span`` 2 pi, or pi when each candidate also
-        comes flipped), elevation ``elevations[h % E]`` degrees (E of them; default 0:
-        ``model.pose_candidates_ring_elevations``), about the model's y axis (its last
+        comes flipped), elevation 0, about the model's y axis (its last
         layer's bias; its weights scaled by ``spread`` keep a small dependence on the image).
         With random heads every image starts near the same few cameras, often all on one
         side of the object, and training settles in the one-sided solution (RESULTS.md,
         "Round 3"); a ring shows the shape from all around from the first step."""
         M = len(self.candidates)
         az = torch.arange(M, dtype=torch.float32) * (span / M)
-        # heads next to each other on the ring take turns: with E = 2 and M = 8, each
-        # elevation gets 4 azimuths 90 degrees apart, the two sets 45 degrees apart
-        el = torch.tensor([elevations[h % len(elevations)] for h in range(M)])
-        q = view_quat(az, torch.deg2rad(el))
+        q = view_quat(az, torch.zeros(M))
         for h, head in enumerate(self.candidates):
             last = head[-1]
             last.weight.mul_(spread)

@@ -50,7 +50,6 @@ ADDED = {
     "loss.repulsion_neighbors": 4,
     "loss.repulsion_queries": 256,
     "loss.repulsion_from_step": 0,
-    "model.pose_candidates_ring_elevations": [0.0],  # issue 20: elevated rings are an option
     "model.pose_silhouette_weight": 0.0,  # issue 20: reading the pose with silhouettes too
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))

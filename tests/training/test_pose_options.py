@@ -66,24 +66,6 @@ def test_ring_init_starts_the_heads_around_the_vertical():
     assert compose_cfg(TINY).model.pose_candidates_init == "random"
 
 
-def test_ring_elevations_alternate_along_the_ring():
-    from dpc.models import build_model
-
-    torch.manual_seed(0)
-    cfg = compose_cfg(TINY + ["model.pose_candidates_init=ring",
-                              "model.pose_predict_num_candidates=8",
-                              "model.pose_candidates_ring_elevations=[-30,30]"])  # fmt: skip
-    d = camera_directions(build_model(cfg)(torch.rand(6, 3, 32, 32)).pose_candidates)
-    az = torch.arange(8) * (2 * math.pi / 8)
-    el = torch.deg2rad(torch.tensor([-30.0, 30.0] * 4))
-    want = torch.stack(
-        (torch.cos(el) * torch.cos(az), torch.sin(el), torch.cos(el) * torch.sin(az)), -1
-    )
-    assert (d - want).norm(dim=-1).max().item() < 0.2  # within ~10 degrees
-    # heads 0 and 1 differ in elevation by 60 degrees, as asked
-    assert (d[:, 1, 1] - d[:, 0, 1]).min().item() > 0.8
-
-
 def test_winner_spread_known_answers():
     # one direction: 1; a full ring: 0; half a ring at zero elevation: 2 / pi
     q = view_quat(torch.full((4,), 0.3), torch.zeros(4)).view(2, 2, 1, 4)
@@ -128,9 +110,6 @@ def test_bad_option_values_name_the_key():
 
     with pytest.raises(ValueError, match="model.pose_candidates_init"):
         build_model(compose_cfg(TINY + ["model.pose_candidates_init=circle"]))
-    for bad in ("[]", "[0,95]"):
-        with pytest.raises(ValueError, match="model.pose_candidates_ring_elevations"):
-            build_model(compose_cfg(TINY + [f"model.pose_candidates_ring_elevations={bad}"]))
     with pytest.raises(ValueError, match="model.pose_flip_axis"):
         build_model(compose_cfg(TINY + ["model.pose_flip_axis=up"]))
     with pytest.raises(ValueError, match="model.pose_flip_axis"):
