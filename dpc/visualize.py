@@ -5,7 +5,9 @@ Per object, ``<out>/<object_id>.png`` with three rows:
   1. the input view, its ground-truth mask, and the predicted silhouette(s) of that view
      (masks and silhouettes drawn dark on white)
      (camera-supervised: rendered with the ground-truth pose; pose-predicting runs: one
-     per candidate, plus the student), with the projection error in the label;
+     per candidate, plus the student, the selector's pick and, with
+     ``model.pose_silhouette_weight``, the pose the model reads), with the projection
+     error in the label;
   2. the predicted point cloud rendered from fixed viewpoints (depth-shaded, with the
      project's own differentiable renderer at a small blur);
   3. the ground-truth cloud from the same viewpoints.
@@ -30,6 +32,7 @@ from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
 from dpc.eval.pictures import VIEWPOINTS, grid_image, render_cloud_views
+from dpc.eval.predictions import selector_with_silhouette, silhouette_errors
 from dpc.eval.score import load_gt
 from dpc.render import build_renderer, final_sigma
 from dpc.runs import open_run
@@ -127,6 +130,13 @@ def run(o: DictConfig) -> list[Path]:
                 qs.append((pred.pose_student[0], "student"))
             if pred.pose_selected is not None:
                 qs.append((pred.pose_selected[0], "selector"))
+            w = float(getattr(model, "pose_silhouette_weight", 0.0))
+            if pred.selector_logits is not None and w > 0:  # model.pose_silhouette_weight
+                mk = m_gt[None].to(device)
+                err = silhouette_errors(pts, pred.scale[:1], pred.pose_candidates[:1], mk,
+                                        renderer, sigma)  # fmt: skip
+                k = int(selector_with_silhouette(pred.selector_logits[:1], err, w)[0])
+                qs.append((pred.pose_candidates[0, k], f"pose (cand {k})"))
         else:
             qs = [(torch.from_numpy(np.array(quats[i, v], np.float32)), "GT pose")]
         for q, name in qs:

@@ -241,3 +241,19 @@ def test_the_silhouette_weight_needs_a_selector_and_a_sane_value():
             build_model(compose_cfg(TINY + ["model.pose_selector=true",
                                             f"model.pose_silhouette_weight={bad}"]))  # fmt: skip
     assert compose_cfg(TINY).model.pose_silhouette_weight == 0.0  # off by default
+
+
+def test_the_pictures_show_the_pose_the_model_reads(tmp_path):
+    from PIL import Image
+
+    from dpc.visualize import main
+
+    over = ["trainer.max_steps=2", "trainer.student_refit_steps=5", "model.pose_selector=true"]
+    widths = []
+    for w in (0, 5):
+        run = tmp_path / f"run{w}"
+        train(compose_cfg(TINY + over + [f"model.pose_silhouette_weight={w}"], run))
+        main([f"run_dir={run}", "objects=[0]", f"out={run / 'vis'}", "cell=64", "html=false"])
+        (png,) = (run / "vis").glob("*.png")
+        widths.append(Image.open(png).size[0])
+    assert widths[1] == widths[0] + 64  # one more column: "pose (cand k)"
