@@ -229,7 +229,7 @@ class LoadedRun:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
         from dpc.camera import quat_conj, quat_mul, quat_rotate
         from dpc.data.images import resize_masks
-        from dpc.eval.predictions import selector_with_silhouette, silhouette_errors
+        from dpc.eval.predictions import read_pose_with_silhouette
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
@@ -238,11 +238,8 @@ class LoadedRun:
         if cands is not None:
             w = float(getattr(self.model, "pose_silhouette_weight", 0.0))
             if out.selector_logits is not None and w > 0:  # model.pose_silhouette_weight
-                G = self.renderer.settings.vox_size
-                m = resize_masks(foreground_mask(x), G)
-                err = silhouette_errors(out.points, out.scale, cands, m, self.renderer, self.sigma)
-                k = selector_with_silhouette(out.selector_logits, err, w)
-                q_model = cands[torch.arange(B), k]
+                m = resize_masks(foreground_mask(x), self.renderer.settings.vox_size)
+                q_model, _ = read_pose_with_silhouette(out, m, self.renderer, self.sigma, w)
             elif out.pose is not None:  # the selector's pick, or the student
                 q_model = out.pose
             elif cands.shape[1] == 1:

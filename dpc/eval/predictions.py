@@ -119,6 +119,16 @@ def selector_with_silhouette(logits, errors, weight: float) -> torch.Tensor:
     return score.argmax(1)
 
 
+def read_pose_with_silhouette(out, masks, renderer, sigma, weight: float):
+    """The pose a model with ``model.pose_silhouette_weight`` reads, from its output ``out``
+    (:class:`dpc.models.ModelOutput` with fitted selector logits) and the views' masks
+    ``masks [B, G, G]`` (float, at the renderer's grid): ``(quat [B, 4], index [B])``."""
+    cands = out.pose_candidates
+    err = silhouette_errors(out.points, out.scale, cands, masks, renderer, sigma)
+    k = selector_with_silhouette(out.selector_logits, err, weight)
+    return cands[torch.arange(len(k), device=k.device), k], k
+
+
 def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tensor:
     """Per view, the candidate pose of ``cands [B, M, 4]`` whose render of the view's
     cloud ``pts [B, N, 3]`` (occupancy ``scale [B]``) is closest (L2) to the view's own
@@ -223,9 +233,7 @@ def predict_split(
                 if renderer is None:
                     raise ValueError("model.pose_silhouette_weight > 0: pass a renderer")
                 m = prepare_masks(masks[o, v], renderer.settings.vox_size).to(device)
-                err = silhouette_errors(out.points, out.scale, cand, m, renderer, sigma)
-                k = selector_with_silhouette(out.selector_logits, err, w)
-                q = cand[torch.arange(len(k)), k]
+                q, _ = read_pose_with_silhouette(out, m, renderer, sigma, w)
             elif out.pose is not None and pose_from == "student":
                 q = out.pose  # the fitted selector's pick (model.pose_selector), or the student
             elif cand.shape[1] == 1:
