@@ -225,6 +225,9 @@ def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int)
         ms = mean_shape_chamfer(reader, split, gt)
         if ms is not None:
             res["mean_shape_chamfer"] = ms
+        ms_n = mean_shape_chamfer(reader, split, gt, num_points=int(preds.points.shape[2]))
+        if ms_n is not None and ms_n != ms:
+            res["mean_shape_chamfer_matched"] = ms_n
     res["num_views"] = float(finite.sum())
     res["clouds"] = (
         np.stack(clouds) if clouds else np.zeros((0, preds.points.shape[2], 3), np.float32)
@@ -259,14 +262,19 @@ def _shape_scores(points, gt, finite, q_al, num_clouds: int):
 _MEAN_SHAPE: dict = {}
 
 
-def mean_shape_chamfer(reader, split: str, gt: np.ndarray) -> float | None:
+def mean_shape_chamfer(
+    reader, split: str, gt: np.ndarray, num_points: int | None = None
+) -> float | None:
     """Chamfer (x100) of the category-mean shape on the clouds ``gt`` of ``split``
     (:func:`dpc.eval.score.baselines`, as ``dpc.evaluate`` reports it), computed once per
-    data set and subset (about 2 s); None without train objects."""
-    key = (str(getattr(reader, "path", id(reader))), split, len(gt))
+    data set and subset (about 2 s); None without train objects. With ``num_points``, the
+    same shape with that many of its points (``mean_shape_matched``; the full one when it
+    has no more points)."""
+    key = (str(getattr(reader, "path", id(reader))), split, len(gt), num_points)
     if key not in _MEAN_SHAPE:
-        b = baselines(reader, split, gt, valid_gt_mask(gt), with_pose=False)
-        _MEAN_SHAPE[key] = b["mean_shape"]["chamfer"] if "mean_shape" in b else None
+        b = baselines(reader, split, gt, valid_gt_mask(gt), with_pose=False, num_points=num_points)
+        m = b.get("mean_shape_matched", b.get("mean_shape"))
+        _MEAN_SHAPE[key] = m["chamfer"] if m is not None else None
     return _MEAN_SHAPE[key]
 
 
@@ -301,6 +309,8 @@ def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
             line += f", {m['chamfer_robust']:.2f} flip-robust"
         if "mean_shape_chamfer" in m:
             line += f" | mean shape {m['mean_shape_chamfer']:.2f}"
+            if "mean_shape_chamfer_matched" in m:
+                line += f" ({m['mean_shape_chamfer_matched']:.2f} at the model's point count)"
         if initial and "chamfer" in initial:
             line += f", untrained {initial['chamfer']:.2f}"
         lines.append(line)

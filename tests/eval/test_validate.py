@@ -129,6 +129,25 @@ def test_validate_scores_the_robust_alignment_and_the_mean_shape():
     want = baselines(reader, "val", gt, valid_gt_mask(gt), with_pose=False)["mean_shape"]
     assert abs(res["mean_shape_chamfer"] - want["chamfer"]) < 1e-9
     assert res["mean_shape_chamfer"] > 0.1  # another object's shape is not the oracle's
+    # the oracle predicts as many points as the ground truth has: nothing to match
+    assert "mean_shape_chamfer_matched" not in res
+
+
+def test_validate_scores_the_mean_shape_at_the_models_point_count():
+    from dpc.eval.score import baselines, valid_gt_mask
+
+    reader = synthetic_dataset({"train": 3, "val": 3}, num_views=3, image_size=16, num_points=300)
+
+    class Sparse(OracleModel):  # every other point of the ground truth
+        def forward(self, x, shape_index=None):
+            out = super().forward(x, shape_index)
+            return out._replace(points=out.points[:, ::2].contiguous())
+
+    res = validate(Sparse(reader, "val", True), reader, _cfg(3, True))
+    gt = np.asarray(reader.gt_points("val")).astype(np.float32)
+    b = baselines(reader, "val", gt, valid_gt_mask(gt), with_pose=False, num_points=150)
+    assert abs(res["mean_shape_chamfer_matched"] - b["mean_shape_matched"]["chamfer"]) < 1e-9
+    assert abs(res["mean_shape_chamfer"] - b["mean_shape"]["chamfer"]) < 1e-9
 
 
 def test_validate_scores_the_candidate_chosen_by_silhouette():
@@ -168,6 +187,8 @@ def test_summary_lines_say_why_a_paper_accuracy_is_low():
     assert "0.90 right up to a front/back flip" in pose
     assert "9.10 under the paper's alignment, 9.00 flip-robust" in shape
     assert "mean shape 3.50, untrained 10.40" in shape
+    shape2 = summary_lines({**m, "mean_shape_chamfer_matched": 3.9})[1]
+    assert "mean shape 3.50 (3.90 at the model's point count)" in shape2
     assert "AMBIGUOUS" in align and "(the other mode)" in align and "flip-robust" in align
     # one clear mode, paper alignment on it: nothing to explain
     one = summary_lines({**m, "alignment_ambiguous": 0.0, "alignment_paper_vs_robust_deg": 3.0})
