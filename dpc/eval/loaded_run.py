@@ -229,7 +229,7 @@ class LoadedRun:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
         from dpc.camera import quat_conj, quat_mul, quat_rotate
         from dpc.data.images import resize_masks
-        from dpc.eval.predictions import read_pose_with_silhouette
+        from dpc.eval.predictions import read_pose_with_silhouette, silhouette_errors
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
@@ -245,15 +245,8 @@ class LoadedRun:
             elif cands.shape[1] == 1:
                 q_model = cands[:, 0]
             else:  # the candidate whose silhouette best matches the input's foreground
-                M, G = cands.shape[1], self.renderer.settings.vox_size
-                sil = self.renderer(
-                    out.points.repeat_interleave(M, 0),
-                    cands.reshape(B * M, 4),
-                    sigma=self.sigma,
-                    scale=out.scale.repeat_interleave(M, 0),
-                ).silhouette.view(B, M, G, G)
-                m = resize_masks(foreground_mask(x), G)
-                err = (sil - m[:, None]).pow(2).flatten(2).sum(-1)
+                m = resize_masks(foreground_mask(x), self.renderer.settings.vox_size)
+                err = silhouette_errors(out.points, out.scale, cands, m, self.renderer, self.sigma)
                 q_model = cands[torch.arange(B), err.argmin(1)]
         sil, fitted = None, None
         if q_model is not None:

@@ -222,11 +222,10 @@ def _metrics(preds: Predictions, reader, split: str, alignment, num_clouds: int)
             prec_r, cov_r, _ = _shape_scores(preds.points, gt, finite, q_rob, 0)
             if prec_r is not None:
                 res["chamfer_robust"] = prec_r + cov_r
-        ms = mean_shape_chamfer(reader, split, gt)
+        ms, ms_n = mean_shape_chamfer(reader, split, gt, num_points=int(preds.points.shape[2]))
         if ms is not None:
             res["mean_shape_chamfer"] = ms
-        ms_n = mean_shape_chamfer(reader, split, gt, num_points=int(preds.points.shape[2]))
-        if ms_n is not None and ms_n != ms:
+        if ms_n is not None:
             res["mean_shape_chamfer_matched"] = ms_n
     res["num_views"] = float(finite.sum())
     res["clouds"] = (
@@ -264,17 +263,18 @@ _MEAN_SHAPE: dict = {}
 
 def mean_shape_chamfer(
     reader, split: str, gt: np.ndarray, num_points: int | None = None
-) -> float | None:
+) -> tuple[float | None, float | None]:
     """Chamfer (x100) of the category-mean shape on the clouds ``gt`` of ``split``
-    (:func:`dpc.eval.score.baselines`, as ``dpc.evaluate`` reports it), computed once per
-    data set and subset (about 2 s); None without train objects. With ``num_points``, the
-    same shape with that many of its points (``mean_shape_matched``; the full one when it
-    has no more points)."""
+    (:func:`dpc.eval.score.baselines`, as ``dpc.evaluate`` reports it), and of the same
+    shape at ``num_points`` of its points (``mean_shape_matched``; None when it has no
+    more points, or without ``num_points``), computed once per data set and subset
+    (about 2 s); (None, None) without train objects."""
     key = (str(getattr(reader, "path", id(reader))), split, len(gt), num_points)
     if key not in _MEAN_SHAPE:
         b = baselines(reader, split, gt, valid_gt_mask(gt), with_pose=False, num_points=num_points)
-        m = b.get("mean_shape_matched", b.get("mean_shape"))
-        _MEAN_SHAPE[key] = m["chamfer"] if m is not None else None
+        _MEAN_SHAPE[key] = tuple(
+            b[k]["chamfer"] if k in b else None for k in ("mean_shape", "mean_shape_matched")
+        )
     return _MEAN_SHAPE[key]
 
 
