@@ -366,6 +366,8 @@ def test_missing_dataset_is_a_clear_error_not_a_build(tmp_path):
         ("dpc.training.preview", "dpc.training.preview run_dir=", ["run_dir", "n", "split"]),
         ("dpc.render_demo", "dpc.render_demo [shape=", ["shape", "views", "image_size"]),
         ("dpc.eval.hull_bound", "dpc.eval.hull_bound dataset=", ["dataset", "points"]),
+        ("dpc.eval.pose_ambiguity", "dpc.eval.pose_ambiguity dataset=",
+         ["dataset", "vox_size", "sigma", "scale"]),
         ("dpc.eval.time_eval", "dpc.eval.time_eval [objects=", ["objects", "val_objects"]),
         ("dpc.data sheet", "dpc.data sheet path=", ["path", "out", "split", "n"]),
         ("dpc.data import-original", "dpc.data import-original src=", ["src", "synset", "out"]),
