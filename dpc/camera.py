@@ -187,6 +187,23 @@ def flip_about_object_up(q: Tensor, up: Tensor | None = None) -> Tensor:
     return quat_mul(q, h.expand_as(q))
 
 
+# Half turns (w, x, y, z): about the camera frame's optical (depth) axis, and about the
+# object frame's z axis (the built-in data sets' left-right axis: y up, front along -x)
+OPTICAL_AXIS_ROLL = (0.0, 1.0, 0.0, 0.0)
+OBJECT_Z_TURN = (0.0, 0.0, 0.0, 1.0)
+
+
+def silhouette_twin(q: Tensor) -> Tensor:
+    """``R q Z`` for camera quaternions ``q [..., 4]`` (any norm; the norm is kept): ``Z`` the
+    half turn about the object frame's z axis, ``R`` the half turn about the optical axis
+    that puts image up back up. For ``view_quat(az, el)`` it is ``view_quat(pi - az,
+    -el)``. An object mirror-symmetric across z = 0 has the same silhouette from ``q`` and
+    from its twin under an orthographic camera: only perspective tells them apart
+    (:mod:`dpc.eval.pose_ambiguity`)."""
+    r, z = q.new_tensor(OPTICAL_AXIS_ROLL), q.new_tensor(OBJECT_Z_TURN)
+    return quat_mul(r.expand_as(q), quat_mul(q, z.expand_as(q)))
+
+
 def with_flipped_candidates(q: Tensor, axis: str = "camera") -> Tensor:
     """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``,
     the candidate set of ``model.pose_flip_candidates``; ``axis`` (``model.pose_flip_axis``)

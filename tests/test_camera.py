@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,45 @@ def test_rotate_project_cpu_gradcheck():
     t = (0.1 * torch.randn(2, 3, generator=g, dtype=torch.float64)).requires_grad_()
     torch.autograd.gradcheck(lambda p, r, tt: rotate_project_cpu(p, r, tt, 2.0, 1.875), (pts, R, t))
     torch.autograd.gradcheck(lambda p, r: rotate_project_cpu(p, r, None, 2.0, 1.875), (pts, R))
+
+
+def test_silhouette_twin_is_the_view_from_180_minus_az_at_minus_el():
+    from dpc.camera import quat_angle, silhouette_twin, view_quat
+
+    g = torch.Generator().manual_seed(0)
+    az = torch.rand(50, generator=g, dtype=torch.float64) * 2 * math.pi
+    el = (torch.rand(50, generator=g, dtype=torch.float64) - 0.5) * 2.0
+    q = view_quat(az, el)
+    tw = silhouette_twin(q)
+    assert quat_angle(tw, view_quat(math.pi - az, -el)).max() < 1e-6
+    assert quat_angle(silhouette_twin(tw), q).max() < 1e-6  # its own inverse
+    # a large error in general (none at the side views, az = +-90 degrees, el = 0)
+    assert torch.rad2deg(quat_angle(tw, q)).median() > 60
+
+
+def test_silhouette_twin_has_the_same_silhouette_far_away():
+    """Seen from far (nearly orthographic), a cloud mirror-symmetric across z = 0 renders
+    the same silhouette from a view and from its twin; with one side removed it does not.
+    At dpc's camera (distance 2) perspective separates the two."""
+    from dpc.camera import silhouette_twin, view_quat
+    from dpc.render import PointCloudRenderer, RenderSettings
+
+    rng = np.random.default_rng(0)
+    half = rng.uniform(-0.4, 0.4, (600, 3)) * [1.0, 0.3, 0.5]
+    half[:, 2] = np.abs(half[:, 2])
+    half[:, 0] += 0.3 * half[:, 2]  # swept back: no other symmetry
+    sym = torch.tensor(np.concatenate([half, half * [1, 1, -1]]), dtype=torch.float32)
+    one = torch.tensor(np.concatenate([half, half]), dtype=torch.float32)
+    q = view_quat(torch.tensor([0.6, 2.0, 4.0]), torch.tensor([0.3, -0.2, 0.5]))
+    qq = torch.cat([q, silhouette_twin(q)])
+
+    def diff(pts, distance):
+        r = PointCloudRenderer(RenderSettings(vox_size=32, kernel_size=5,
+                                              camera_distance=distance,
+                                              focal_length=1.875 * distance / 2))  # fmt: skip
+        s = r(pts[None].expand(6, -1, -1), qq, sigma=0.7, scale=torch.full((6,), 0.3)).silhouette
+        return float((s[:3] - s[3:]).abs().sum() / s[:3].sum())
+
+    assert diff(sym, 200.0) < 0.02
+    assert diff(one, 200.0) > 0.3
+    assert diff(sym, 2.0) > 2 * diff(sym, 200.0)

@@ -18,7 +18,12 @@ evaluated views, for both the paper's alignment and a flip-robust one:
   ground truth (the view's pose composed with a 180 degree turn about the object's up
   axis, +y in the object frame, :mod:`dpc.camera`);
 * ``accuracy_up_to_flip`` = accuracy + flipped_share (the two sets are disjoint), and
-  ``median_up_to_flip_deg``.
+  ``median_up_to_flip_deg``;
+* ``twin_share`` and ``accuracy_up_to_twin``: the same for the silhouette twin
+  (:func:`dpc.camera.silhouette_twin`: from ``(az, el)`` the view from ``(180 - az,
+  -el)``, whose silhouette equals the truth's up to perspective for objects
+  mirror-symmetric across the object frame's z = 0, as the built-in data sets are). The
+  flip and the twin sets can overlap (near side views).
 
 **Robust alignment (consensus).** Every fit view proposes its own ``c_i`` as the global
 rotation; the candidate under which the most fit views are within ``threshold_deg`` (30)
@@ -44,7 +49,7 @@ import warnings
 import numpy as np
 import torch
 
-from dpc.camera import quat_conj, quat_mul, quat_normalize
+from dpc.camera import deg, quat_angle, quat_conj, quat_mul, quat_normalize, silhouette_twin
 from dpc.eval.alignment import AlignmentResult, estimate_global_alignment, markley_average
 
 UP_AXIS = (0.0, 1.0, 0.0)  # object frame: y up (dpc.camera)
@@ -170,9 +175,10 @@ def robust_alignment(
 def pose_figures(q_pred, q_gt, q_align, threshold_deg: float = ACCURACY_DEG) -> dict:
     """Pose figures of per-view poses ``[..., 4]`` under the global rotation ``q_align``
     [4] (model frame -> GT frame): ``accuracy``, ``median_deg``, ``flipped_share``,
-    ``accuracy_up_to_flip``, ``median_up_to_flip_deg``, ``num_views``, and the per-view
-    ``errors_deg`` / ``errors_up_to_flip_deg`` (numpy, not JSON-ready)."""
-    c, _ = relative_rotations(q_pred, q_gt)
+    ``accuracy_up_to_flip``, ``median_up_to_flip_deg``, ``twin_share``,
+    ``accuracy_up_to_twin``, ``num_views``, and the per-view ``errors_deg`` /
+    ``errors_up_to_flip_deg`` (numpy, not JSON-ready)."""
+    c, ok = relative_rotations(q_pred, q_gt)
     if len(c) == 0:
         raise ValueError("pose_figures: no view has both a usable predicted and GT pose")
     qa = quat_normalize(torch.as_tensor(np.asarray(q_align, np.float64)))
@@ -181,12 +187,20 @@ def pose_figures(q_pred, q_gt, q_align, threshold_deg: float = ACCURACY_DEG) -> 
     err = angles_deg(r, np.array([[1.0, 0, 0, 0]]))[:, 0]
     err_flip = angles_deg(r, FLIP_QUAT[None])[:, 0]
     best = np.minimum(err, err_flip)
+    # the twin is not a fixed turn of the object frame (it rolls the image), so compare
+    # the aligned prediction with each view's own twin
+    qg = quat_normalize(torch.from_numpy(_as_quats(q_gt, "q_gt")[ok]))
+    qp = quat_normalize(torch.from_numpy(_as_quats(q_pred, "q_pred")[ok]))
+    aligned = quat_mul(qp, quat_conj(qa)[None].expand_as(qp))
+    err_twin = deg(quat_angle(silhouette_twin(qg), aligned)).numpy()
     return {
         "accuracy": float(np.mean(err < threshold_deg)),
         "median_deg": float(np.median(err)),
         "flipped_share": float(np.mean(err_flip < threshold_deg)),
         "accuracy_up_to_flip": float(np.mean(best < threshold_deg)),
         "median_up_to_flip_deg": float(np.median(best)),
+        "twin_share": float(np.mean(err_twin < threshold_deg)),
+        "accuracy_up_to_twin": float(np.mean(np.minimum(err, err_twin) < threshold_deg)),
         "num_views": len(c),
         "errors_deg": err,
         "errors_up_to_flip_deg": best,
@@ -311,6 +325,7 @@ def summary_lines(rep: dict) -> list[str]:
                 f"  pose {name:<7}acc@30 {p['accuracy']:.3f}  median {p['median_deg']:.1f} deg"
                 f"  | up to front/back flip {p['accuracy_up_to_flip']:.3f}"
                 f"  flipped {p['flipped_share']:.3f}"
+                f"  | up to its silhouette twin {p['accuracy_up_to_twin']:.3f}"
             )
     a = rep["ambiguity"]
     lines.append(

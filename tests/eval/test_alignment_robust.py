@@ -77,6 +77,34 @@ def test_robust_recovers_rotation_and_flip_share(share):
     assert fig2["accuracy_up_to_flip"] == 1.0
 
 
+def test_views_read_as_their_silhouette_twin():
+    """A known share of views predicted at their twin (the view from (180 - az, -el), built
+    here from azimuth and elevation) under a known alignment: twin_share is that share,
+    accuracy the rest, accuracy_up_to_twin 1; the flip does not absorb them."""
+    import math
+
+    from dpc.camera import view_quat
+
+    g = torch.Generator().manual_seed(5)
+    K = 200
+    az = torch.rand(K, generator=g, dtype=torch.float64) * 2 * math.pi
+    # elevations 15-40 degrees either way: the twin is far from the truth and the flip
+    el = torch.sign(torch.rand(K, generator=g) - 0.5).double() * (
+        math.radians(15) + torch.rand(K, generator=g, dtype=torch.float64) * math.radians(25)
+    )
+    q_gt = view_quat(az, el)
+    twin = np.zeros(K, bool)
+    twin[np.random.default_rng(5).choice(K, 60, replace=False)] = True
+    tw = torch.from_numpy(twin)
+    read = torch.where(tw[:, None], view_quat(math.pi - az, -el), q_gt)
+    q_pred = quat_mul(read, Q_A.expand(K, 4))  # the model's frame: q_gt q_a
+    fig = pose_figures(q_pred.numpy(), q_gt.numpy(), Q_A.numpy())
+    assert fig["accuracy"] == pytest.approx(0.7)
+    assert fig["twin_share"] == pytest.approx(0.3)
+    assert fig["accuracy_up_to_twin"] == 1.0
+    assert fig["accuracy_up_to_flip"] < 0.8
+
+
 def test_flip_is_a_turn_about_the_up_axis():
     """The module's flip turns a car's nose (along -x, y up) to +x and keeps the roof up."""
     assert angles_deg(FLIP_QUAT[None], F_TEST.numpy()[None])[0, 0] < 1e-6

@@ -232,9 +232,11 @@ def test_evaluate_cli_end_to_end(tiny_run, capsys):
     assert rep["paper"]["median_deg"] == pytest.approx(med, abs=1e-4)
     assert rep["fit"]["subset"] == "val[:4] (4 objects)" and rep["fit"]["num_views"] == 20
     assert rep["eval"]["subset"] == "test[:4] (4 objects)" and rep["eval"]["num_views"] == 20
-    for k in ("accuracy", "median_deg", "accuracy_up_to_flip", "flipped_share"):
+    for k in ("accuracy", "median_deg", "accuracy_up_to_flip", "flipped_share",
+              "accuracy_up_to_twin", "twin_share"):  # fmt: skip
         assert 0 <= rep["robust"][k] <= 180 and k in rep["paper"]
     assert rep["robust"]["accuracy"] <= rep["robust"]["accuracy_up_to_flip"]
+    assert rep["robust"]["accuracy"] <= rep["robust"]["accuracy_up_to_twin"]
     assert isinstance(rep["ambiguity"]["ambiguous"], bool) and "rule" in rep["ambiguity"]
     assert res2["pose_report"]["robust"] == rep["robust"]
     # an alignment.json from before the fit poses were saved is recomputed, not misused
