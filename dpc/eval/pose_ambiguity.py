@@ -119,7 +119,7 @@ def ambiguity_table(points, quats, masks, renderer, sigma: float, scale: float |
     m = m.reshape(n * V, *m.shape[2:])
     mk = prepare_masks(m, G) if m.dtype == np.uint8 else resize_masks(torch.as_tensor(m).float(), G)
     if scale is None:
-        k = min(V, max(1, 32 // V))  # about 32 views to pick the scale on
+        k = max(1, 32 // V)  # the first objects, about 32 views, to pick the scale on
         fit = [float(_errors(pts[:k], q[:k], mk[: k * V], renderer, sigma, s, batch_size,
                              False)[:, 0].sum()) for s in SCALES]  # fmt: skip
         scale = SCALES[int(np.argmin(fit))]
