@@ -36,7 +36,7 @@ def twins(folder: Path) -> dict:
     ds = _dataset(folder)
     qp = torch.from_numpy(np.load(folder / "poses_test.npz")["quat_aligned"]).double()
     qp = qp.reshape(-1, 4)
-    qt = torch.from_numpy(np.asarray(ds.quats("test"))).double().reshape(-1, 4)[: len(qp)]
+    qt = torch.from_numpy(np.array(ds.quats("test"))).double().reshape(-1, 4)[: len(qp)]
     az, el = azimuth_elevation(qt)
     e = pose_errors_deg(qp, qt).numpy()
     e_twin = pose_errors_deg(qp, view_quat(np.pi - az, -el)).numpy()
