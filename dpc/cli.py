@@ -8,6 +8,7 @@ value) print one line and exit with status 2, without a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +52,11 @@ def run_command(
 
     app = hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name=config_name)
     app(body)()
+
+
+def print_json(result: dict, out=None) -> None:
+    """Print a command's JSON result and, with ``out`` (a path), write it there too."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        Path(str(out)).write_text(text + "\n")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "results"))
 def twins(folder: Path) -> dict:
     from diagnose_flips import _dataset
 
-    from dpc.camera import view_quat
+    from dpc.camera import silhouette_twin, view_quat
     from dpc.eval.metrics import pose_errors_deg
     from dpc.eval.pose_ambiguity import azimuth_elevation
 
@@ -39,7 +39,7 @@ def twins(folder: Path) -> dict:
     qt = torch.from_numpy(np.array(ds.quats("test"))).double().reshape(-1, 4)[: len(qp)]
     az, el = azimuth_elevation(qt)
     e = pose_errors_deg(qp, qt).numpy()
-    e_twin = pose_errors_deg(qp, view_quat(np.pi - az, -el)).numpy()
+    e_twin = pose_errors_deg(qp, silhouette_twin(qt)).numpy()
     e_flip = pose_errors_deg(qp, view_quat(az + np.pi, el)).numpy()
     _, elp = azimuth_elevation(qp)
     elp, el = elp.numpy(), el.numpy()

@@ -17,7 +17,6 @@ next to nothing else: no network is involved.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dpc.cli import run_command
+from dpc.cli import print_json, run_command
 from dpc.eval.metrics import shape_metrics
 
 
@@ -103,10 +102,7 @@ def run(a) -> dict:
     """Score the ideal clouds and print (and write) the JSON (the command's body)."""
     n_max = None if a.max_objects is None else int(a.max_objects)
     res = ideal_cloud_scores(str(a.dataset), str(a.split), int(a.points), n_max)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        Path(str(a.out)).write_text(text + "\n")
+    print_json(res, a.out)
     return res
 
 

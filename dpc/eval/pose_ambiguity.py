@@ -24,7 +24,6 @@ as :func:`dpc.camera.view_quat`):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from dpc.camera import camera_position, view_quat
-from dpc.cli import run_command
+from dpc.cli import print_json, run_command
 from dpc.data import prepare_masks
 from dpc.data.images import resize_masks
 from dpc.eval.metrics import pose_errors_deg
@@ -72,11 +71,11 @@ def confusion_quats(quat: torch.Tensor) -> torch.Tensor:
     return torch.stack([view_quat(a, e.clamp(-lim, lim)) for a, e in poses], 1).float()
 
 
-def _errors(pts, quats, masks, renderer, sigma, scale, batch_size, progress):
-    """``[n V, 1 + K]`` silhouette errors of each view's cloud at its confusions."""
-    n, V = quats.shape[:2]
+def _errors(pts, cands, masks, renderer, sigma, scale, batch_size, progress):
+    """``[n V, 1 + K]`` silhouette errors of each object's cloud ``pts [n, N, 3]`` at its
+    views' confusions ``cands [n V, 1 + K, 4]`` (:func:`confusion_quats`)."""
+    n, V = pts.shape[0], cands.shape[0] // pts.shape[0]
     flat_pts = pts[:, None].expand(n, V, *pts.shape[1:]).reshape(n * V, *pts.shape[1:])
-    cands = confusion_quats(quats.reshape(n * V, 4))
     out = []
     it = range(0, n * V, batch_size)
     for s in tqdm(it, desc="pose ambiguity", disable=None if progress else True):
@@ -118,17 +117,18 @@ def ambiguity_table(points, quats, masks, renderer, sigma: float, scale: float |
     G = renderer.settings.vox_size
     m = m.reshape(n * V, *m.shape[2:])
     mk = prepare_masks(m, G) if m.dtype == np.uint8 else resize_masks(torch.as_tensor(m).float(), G)
+    cands = confusion_quats(q.reshape(n * V, 4))
     if scale is None:
         k = max(1, 32 // V)  # the first objects, about 32 views, to pick the scale on
-        fit = [float(_errors(pts[:k], q[:k], mk[: k * V], renderer, sigma, s, batch_size,
-                             False)[:, 0].sum()) for s in SCALES]  # fmt: skip
+        fit = [float(_errors(pts[:k], cands[: k * V], mk[: k * V], renderer, sigma, s,
+                             batch_size, False)[:, 0].sum()) for s in SCALES]  # fmt: skip
         scale = SCALES[int(np.argmin(fit))]
     if not float(scale) > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    err = _errors(pts, q, mk, renderer, sigma, scale, batch_size, progress).double()
+    err = _errors(pts, cands, mk, renderer, sigma, scale, batch_size, progress).double()
     area = mk.flatten(1).sum(1).double().clamp_min(1.0)
     true = err[:, 0]
-    cands = confusion_quats(q.reshape(n * V, 4)).double()
+    cands = cands.double()
     i15 = 1 + list(CONFUSIONS).index("az+15")
     res = {"views": n * V, "grid": G, "sigma": float(sigma), "scale": float(scale),
            "true_error": float((true / area).mean())}  # fmt: skip
@@ -172,10 +172,7 @@ def run(a) -> dict:
     res = dataset_ambiguity(str(a.dataset), str(a.split), int(a.vox_size), float(a.sigma),
                             int(a.kernel_size), None if a.scale is None else float(a.scale),
                             a.max_objects, bool(a.progress))  # fmt: skip
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        Path(str(a.out)).write_text(text + "\n")
+    print_json(res, a.out)
     return res
 
 
