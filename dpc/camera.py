@@ -256,6 +256,16 @@ def view_quat(azimuth: Tensor, elevation: Tensor) -> Tensor:
     return look_at_quat(pos)
 
 
+def azel_quat(azimuth: Tensor, elevation: Tensor) -> Tensor:
+    """:func:`view_quat` in closed form, ``[..., 4]``: smooth in both angles (no matrix
+    round trip), for pose heads that predict azimuth and elevation: the turn by ``el``
+    about the camera's right axis after the turn by ``az`` about the object's y,
+    ``(-c_e s_a, -s_e c_a, c_e c_a, -s_e s_a)`` with ``c_e = cos(el/2)``, ``s_a = sin(az/2)``."""
+    ce, se = torch.cos(elevation / 2), torch.sin(elevation / 2)
+    ca, sa = torch.cos(azimuth / 2), torch.sin(azimuth / 2)
+    return torch.stack((-ce * sa, -se * ca, ce * ca, -se * sa), dim=-1)
+
+
 def camera_position(q: Tensor, distance: float = CAMERA_DISTANCE) -> Tensor:
     """Object-frame camera positions ``[..., 3]`` of camera quaternions ``[..., 4]``."""
     R = quat_to_matrix(q)

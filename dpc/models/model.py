@@ -68,6 +68,8 @@ class DPCModel(nn.Module):
         candidates_init: str = "random",
         selector: bool = False,
         silhouette_weight: float = 0.0,
+        pose_parametrization: str = "quaternion",
+        elevation_range: tuple[float, float] = (-80.0, 80.0),
     ):
         super().__init__()
         # no pose heads -> no pose-code layer (it would get no gradient)
@@ -86,6 +88,8 @@ class DPCModel(nn.Module):
                 student,
                 init=candidates_init,
                 ring_span=math.pi if flip_candidates else 2 * math.pi,
+                parametrization=pose_parametrization,
+                elevation_range=tuple(elevation_range),
             )  # fmt: skip
             if predict_pose
             else None
@@ -208,6 +212,8 @@ CONFIG_KEYS = {
     "candidates_init": "pose_candidates_init",
     "selector": "pose_selector",
     "silhouette_weight": "pose_silhouette_weight",
+    "pose_parametrization": "pose_parametrization",
+    "elevation_range": "pose_elevation_range",
 }
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dpc.camera import quat_normalize, view_quat
+from dpc.camera import azel_quat, quat_normalize, view_quat
 from dpc.models.encoder import LEAKY_SLOPE, init_he
 
 
@@ -21,10 +21,40 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class AzElQuat(nn.Module):
+    """``model.pose_parametrization=view`` (not in the paper): a head's raw output
+    ``[..., 3]`` ``(a, b, e)`` -> the camera quaternion ``[..., 4]`` at azimuth
+    ``atan2(b, a)`` and elevation ``lo + (hi - lo) sigmoid(e)`` (degrees in, radians used),
+    image up kept on the model's y axis: no roll, and elevations only inside the range."""
+
+    def __init__(self, elevation_range: tuple[float, float]):
+        super().__init__()
+        r = [float(x) for x in elevation_range]
+        lo, hi = (r + [math.nan, math.nan])[:2]
+        if len(r) != 2 or not -90.0 < lo < hi < 90.0:
+            raise ValueError(
+                "model.pose_elevation_range must be [low, high] degrees with -90 < low < high "
+                f"< 90, got {list(elevation_range)}"
+            )
+        self.lo, self.hi = math.radians(lo), math.radians(hi)
+
+    def raw_elevation(self, elevation: float) -> float:
+        """The raw ``e`` whose elevation is ``elevation`` (radians, clamped into the range)."""
+        t = (elevation - self.lo) / (self.hi - self.lo)
+        t = min(max(t, 0.01), 0.99)
+        return math.log(t / (1 - t))
+
+    def forward(self, raw: Tensor) -> Tensor:
+        a, b, e = raw.unbind(-1)
+        el = self.lo + (self.hi - self.lo) * torch.sigmoid(e)
+        return azel_quat(torch.atan2(b, a), el)
+
+
 class PoseHeads(nn.Module):
     """Pose code ``[B, F]`` -> ``M`` candidate quaternions ``[B, M, 4]`` (normalised) and,
     with ``student``, a student quaternion ``[B, 4]`` (normalised). Each head is FC 32 ->
     FC 32 -> FC 4 (original ``pose_candidates_num`` heads and ``pose_predictor_student``).
+    With ``parametrization="view"`` each head ends FC 3 -> :class:`AzElQuat` instead.
     """
 
     def __init__(
@@ -35,12 +65,26 @@ class PoseHeads(nn.Module):
         hidden: tuple[int, ...] = (32, 32),
         init: str = "random",
         ring_span: float = 2 * math.pi,
+        parametrization: str = "quaternion",
+        elevation_range: tuple[float, float] = (-80.0, 80.0),
     ):
         super().__init__()
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-        self.candidates = nn.ModuleList(_mlp(in_dim, hidden, 4) for _ in range(num_candidates))
-        self.student = _mlp(in_dim, hidden, 4) if student else None
+        if parametrization not in ("quaternion", "view"):
+            raise ValueError(
+                "model.pose_parametrization must be 'quaternion' or 'view', got "
+                f"{parametrization!r}"
+            )
+        self.view = AzElQuat(elevation_range) if parametrization == "view" else None
+
+        def head() -> nn.Sequential:
+            if self.view is None:
+                return _mlp(in_dim, hidden, 4)
+            return nn.Sequential(*_mlp(in_dim, hidden, 3), AzElQuat(elevation_range))
+
+        self.candidates = nn.ModuleList(head() for _ in range(num_candidates))
+        self.student = head() if student else None
         init_he(self)
         if init == "ring":
             self._init_ring(ring_span)
@@ -58,11 +102,15 @@ class PoseHeads(nn.Module):
         "Round 3"); a ring shows the shape from all around from the first step."""
         M = len(self.candidates)
         az = torch.arange(M, dtype=torch.float32) * (span / M)
-        q = view_quat(az, torch.zeros(M))
+        if self.view is None:
+            start = view_quat(az, torch.zeros(M))
+        else:  # the raw (a, b, e) of the same cameras (elevation 0, or the range's nearest)
+            e = torch.full((M,), self.view.raw_elevation(0.0))
+            start = torch.stack((torch.cos(az), torch.sin(az), e), -1)
         for h, head in enumerate(self.candidates):
-            last = head[-1]
+            last = [m for m in head if isinstance(m, nn.Linear)][-1]
             last.weight.mul_(spread)
-            last.bias.copy_(q[h])
+            last.bias.copy_(start[h])
 
     def forward(self, pose_code: Tensor) -> tuple[Tensor, Tensor | None]:
         cands = torch.stack([h(pose_code) for h in self.candidates], dim=1)  # [B, M, 4]

@@ -51,6 +51,8 @@ ADDED = {
     "loss.repulsion_queries": 256,
     "loss.repulsion_from_step": 0,
     "model.pose_silhouette_weight": 0.0,  # issue 20: reading the pose with silhouettes too
+    "model.pose_parametrization": "quaternion",  # issue 20: azimuth-elevation heads
+    "model.pose_elevation_range": [-80.0, 80.0],
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -114,3 +114,70 @@ def test_bad_option_values_name_the_key():
         build_model(compose_cfg(TINY + ["model.pose_flip_axis=up"]))
     with pytest.raises(ValueError, match="model.pose_flip_axis"):
         with_flipped_candidates(torch.zeros(2, 1, 4), "up")
+
+
+def _view_heads(rng=(-20.0, 40.0), init="random"):
+    from dpc.models.pose import PoseHeads
+
+    torch.manual_seed(0)
+    return PoseHeads(16, 4, True, init=init, parametrization="view", elevation_range=rng)
+
+
+def test_view_heads_give_cameras_without_roll_inside_the_elevation_range():
+    from dpc.camera import quat_to_matrix
+
+    heads = _view_heads()
+    code = torch.randn(64, 16) * 50.0  # large codes drive the raw elevations far out
+    cands, student = heads(code)
+    q = torch.cat([cands.reshape(-1, 4), student])
+    d = camera_directions(q)
+    el = torch.rad2deg(torch.asin(d[:, 1]))
+    assert el.min().item() >= -20.0 - 1e-3 and el.max().item() <= 40.0 + 1e-3
+    assert el.max().item() - el.min().item() > 30.0  # the range is used, not one value
+    # no roll: the camera's right axis (row 2 of R) stays horizontal, image up is +y-ward
+    R = quat_to_matrix(q)
+    assert R[:, 2, 1].abs().max().item() < 1e-5 and R[:, 1, 1].min().item() > 0
+    # the paper's heads roll freely
+    from dpc.models.pose import PoseHeads
+
+    torch.manual_seed(0)
+    free, _ = PoseHeads(16, 4, True)(code)
+    assert quat_to_matrix(free.reshape(-1, 4))[:, 2, 1].abs().max().item() > 0.5
+
+
+def test_view_heads_start_on_a_ring_at_elevation_zero_and_have_gradients():
+    heads = _view_heads(init="ring")
+    cands, _ = heads(torch.randn(5, 16))
+    d = camera_directions(cands)  # [5, 4, 3]
+    az = torch.arange(4) * (math.pi / 2)
+    want = torch.stack((torch.cos(az), torch.zeros(4), torch.sin(az)), -1)
+    assert (d - want).norm(dim=-1).max().item() < 0.1
+    heads = _view_heads().double()
+    x = torch.randn(3, 16, dtype=torch.float64)
+    for head in (heads.candidates[0], heads.student):
+        assert torch.autograd.gradcheck(head, (x.clone().requires_grad_(True),))
+
+
+def test_view_parametrization_trains_and_refits_end_to_end(tmp_path):
+    from dpc.train import train
+
+    cfg = compose_cfg(
+        TINY + ["trainer.max_steps=2", "trainer.student_refit_steps=5", "model.pose_selector=true",
+                "model.pose_parametrization=view", "model.pose_elevation_range=[-20,40]"],
+        tmp_path,
+    )  # fmt: skip
+    summary = train(cfg)
+    assert summary["student_refit"]["views"] == 8 * 5
+
+
+def test_bad_view_parametrization_values_name_the_key():
+    import pytest
+
+    from dpc.models import build_model
+
+    with pytest.raises(ValueError, match="model.pose_parametrization"):
+        build_model(compose_cfg(TINY + ["model.pose_parametrization=euler"]))
+    for bad in ("[40,-20]", "[-90,40]", "[10,10]", "[10]", "[0,10,20]"):
+        with pytest.raises(ValueError, match="model.pose_elevation_range"):
+            build_model(compose_cfg(TINY + ["model.pose_parametrization=view",
+                                            f"model.pose_elevation_range={bad}"]))  # fmt: skip
