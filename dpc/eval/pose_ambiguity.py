@@ -71,6 +71,35 @@ def confusion_quats(quat: torch.Tensor) -> torch.Tensor:
     return torch.stack([view_quat(a, e.clamp(-lim, lim)) for a, e in poses], 1).float()
 
 
+def twin_blind_accuracy(quats, elevation_range=None, threshold_deg: float = 30.0) -> dict:
+    """The pose accuracy of a model right on every view up to the twin (``twin_z``) that
+    cannot tell a view from its twin, from the true poses alone.
+
+    ``quats [..., 4]`` the true cameras; ``elevation_range`` ``(lo, hi)`` degrees, the
+    cameras' known elevation range, or None. Returns ``twin_within`` (share of views
+    whose twin lies within ``threshold_deg`` of the truth: right either way),
+    ``coin_toss`` (that, plus half of the others: the twin picked at random) and, with a
+    range, ``twin_outside_range`` (share of the others whose twin's elevation is outside
+    it) and ``knowing_the_range`` (the twin ruled out there, a coin toss elsewhere).
+    Perspective and an exact shape can do better (``identified``); a model that also
+    errs beyond the twin does worse."""
+    q = torch.tensor(np.asarray(quats), dtype=torch.float64).reshape(-1, 4)
+    az, el = azimuth_elevation(q)
+    twin = view_quat(math.pi - az, -el)
+    near = pose_errors_deg(twin, q) < float(threshold_deg)
+    res = {"threshold_deg": float(threshold_deg), "twin_within": float(near.double().mean()),
+           "coin_toss": float((near.double() + 0.5 * (~near).double()).mean())}  # fmt: skip
+    if elevation_range is not None:
+        lo, hi = (float(x) for x in elevation_range)
+        out = ((-torch.rad2deg(el) < lo) | (-torch.rad2deg(el) > hi)) & ~near
+        res["elevation_range"] = [lo, hi]
+        res["twin_outside_range"] = float(out.double().mean())
+        res["knowing_the_range"] = float(
+            (near.double() + out.double() + 0.5 * (~near & ~out).double()).mean()
+        )
+    return res
+
+
 def _errors(pts, cands, masks, renderer, sigma, scale, batch_size, progress):
     """``[n V, 1 + K]`` silhouette errors of each object's cloud ``pts [n, N, 3]`` at its
     views' confusions ``cands [n V, 1 + K, 4]`` (:func:`confusion_quats`)."""
@@ -164,6 +193,9 @@ def dataset_ambiguity(dataset: str | Path, split: str = "test", vox_size: int = 
     res = ambiguity_table(np.asarray(ds.gt_points(split))[:k], np.asarray(ds.quats(split))[:k],
                           np.asarray(ds.masks(split))[:k], renderer, float(sigma), scale,
                           progress=progress)  # fmt: skip
+    st = ds.manifest.get("settings", {})
+    rng = (st["elevation_min"], st["elevation_max"]) if "elevation_min" in st else None
+    res["twin_blind"] = twin_blind_accuracy(np.asarray(ds.quats(split))[:k], rng)
     return {"dataset": str(dataset), "split": split, **res}
 
 

@@ -129,6 +129,9 @@ def test_command_on_a_built_data_set(tmp_path, capsys):
     assert set(CONFUSIONS) <= set(res)
     for name in CONFUSIONS:
         assert 0.0 <= res[name]["identified"] <= 1.0
+    blind = res["twin_blind"]  # the data set's own elevation range, from its manifest
+    assert blind["elevation_range"] == [-20.0, 40.0]
+    assert blind["coin_toss"] <= blind["knowing_the_range"] <= 1.0
     with pytest.raises(ValueError, match="split must be one of"):
         dataset_ambiguity(path, "nope")
     with pytest.raises(ValueError, match="vox_size"):
@@ -137,3 +140,22 @@ def test_command_on_a_built_data_set(tmp_path, capsys):
         main([f"dataset={tmp_path / 'nowhere'}", "progress=false"])
     assert e.value.code == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_twin_blind_accuracy_known_answers():
+    from dpc.eval.pose_ambiguity import twin_blind_accuracy
+
+    r = math.radians
+    # a side view (its twin 10 degrees away: right either way), a low front view (a coin
+    # toss), a high front view (its twin at -30 degrees: outside a [-20, 40] rig)
+    az = torch.tensor([r(90), 0.0, 0.0], dtype=torch.float64)
+    el = torch.tensor([r(5), r(10), r(30)], dtype=torch.float64)
+    q = view_quat(az, el)
+    res = twin_blind_accuracy(q, (-20, 40))
+    assert res["twin_within"] == pytest.approx(1 / 3)
+    assert res["coin_toss"] == pytest.approx(2 / 3)
+    assert res["twin_outside_range"] == pytest.approx(1 / 3)
+    assert res["knowing_the_range"] == pytest.approx(2.5 / 3)
+    assert "knowing_the_range" not in twin_blind_accuracy(q)
+    # a range that holds every twin changes nothing
+    assert twin_blind_accuracy(q, (-80, 80))["knowing_the_range"] == pytest.approx(2 / 3)
