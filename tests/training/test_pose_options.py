@@ -168,6 +168,13 @@ def test_view_parametrization_trains_and_refits_end_to_end(tmp_path):
     )  # fmt: skip
     summary = train(cfg)
     assert summary["student_refit"]["views"] == 8 * 5
+    # the config reaches the network: every pose it gives keeps image up (no roll)
+    from dpc.camera import quat_to_matrix
+    from dpc.models import build_model
+
+    out = build_model(cfg)(torch.rand(3, 3, 32, 32))
+    q = torch.cat([out.pose_candidates.reshape(-1, 4), out.pose_student])
+    assert quat_to_matrix(q)[:, 2, 1].abs().max().item() < 1e-5
 
 
 def test_bad_view_parametrization_values_name_the_key():
