@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dpc.camera import camera_position, view_quat
+from dpc.camera import camera_position, silhouette_twin, view_quat
 from dpc.cli import print_json, run_command
 from dpc.data import prepare_masks
 from dpc.data.images import resize_masks
@@ -84,9 +84,8 @@ def twin_blind_accuracy(quats, elevation_range=None, threshold_deg: float = 30.0
     Perspective and an exact shape can do better (``identified``); a model that also
     errs beyond the twin does worse."""
     q = torch.tensor(np.asarray(quats), dtype=torch.float64).reshape(-1, 4)
-    az, el = azimuth_elevation(q)
-    twin = view_quat(math.pi - az, -el)
-    near = pose_errors_deg(twin, q) < float(threshold_deg)
+    _, el = azimuth_elevation(q)
+    near = pose_errors_deg(silhouette_twin(q), q) < float(threshold_deg)
     res = {"threshold_deg": float(threshold_deg), "twin_within": float(near.double().mean()),
            "coin_toss": float((near.double() + 0.5 * (~near).double()).mean())}  # fmt: skip
     if elevation_range is not None:
@@ -190,12 +189,13 @@ def dataset_ambiguity(dataset: str | Path, split: str = "test", vox_size: int = 
     k = None if max_objects is None else int(max_objects)
     renderer = PointCloudRenderer(RenderSettings(vox_size=int(vox_size),
                                                  kernel_size=int(kernel_size)))  # fmt: skip
-    res = ambiguity_table(np.asarray(ds.gt_points(split))[:k], np.asarray(ds.quats(split))[:k],
+    quats = np.asarray(ds.quats(split))[:k]
+    res = ambiguity_table(np.asarray(ds.gt_points(split))[:k], quats,
                           np.asarray(ds.masks(split))[:k], renderer, float(sigma), scale,
                           progress=progress)  # fmt: skip
     st = ds.manifest.get("settings", {})
     rng = (st["elevation_min"], st["elevation_max"]) if "elevation_min" in st else None
-    res["twin_blind"] = twin_blind_accuracy(np.asarray(ds.quats(split))[:k], rng)
+    res["twin_blind"] = twin_blind_accuracy(quats, rng)
     return {"dataset": str(dataset), "split": split, **res}
 
 

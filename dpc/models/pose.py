@@ -81,7 +81,7 @@ class PoseHeads(nn.Module):
         def head() -> nn.Sequential:
             if self.view is None:
                 return _mlp(in_dim, hidden, 4)
-            return nn.Sequential(*_mlp(in_dim, hidden, 3), AzElQuat(elevation_range))
+            return nn.Sequential(*_mlp(in_dim, hidden, 3), self.view)  # no state: shared
 
         self.candidates = nn.ModuleList(head() for _ in range(num_candidates))
         self.student = head() if student else None
