@@ -18,16 +18,39 @@ Backends:
   About 10x faster than KeOps on a 2-core CPU for 8k x 10k points.
 * ``reference``: chunked ``torch.cdist`` (memory ``chunk x M`` per step), the oracle.
 
-``auto`` picks ``keops`` for CUDA tensors when pykeops imports, else ``kdtree`` for CPU
-tensors, else ``reference``. pykeops can import and still fail when it compiles or runs
-its kernel (no compiler, a CUDA or driver mismatch): ``auto`` then warns once, uses
-``reference`` for that call and every later one; an explicit ``backend="keops"`` raises.
+``auto`` picks ``kdtree`` for CPU tensors; for CUDA tensors ``keops`` when pykeops
+imports and the KeOps probe passed, else ``reference``. pykeops can import and still fail
+when it compiles or runs its kernel (no compiler, a CUDA or driver mismatch), and KeOps
+2.3 even *segfaults* the process when it compiles its first formula through nvrtc under
+CUDA 13.0 (profiling/RESULTS.md, first GPU run), which no ``try`` can catch. So before
+KeOps first runs on a device type, :func:`keops_status` compiles and runs the same
+nearest-neighbour formula on a tiny input in a *subprocess* (time limit
+``DPC_KEOPS_PROBE_TIMEOUT``, default 300 s), once per process and device type (``cuda``,
+``cpu``); the answer is also stored in ``KEOPS_CACHE_FOLDER`` (when that is set), keyed by
+the versions of pykeops, keopscore, torch, CUDA, Python and the device, so a later process
+reuses it (a time-out is not stored). The probe's compile lands in KeOps' own cache, so a
+passing probe costs the process nothing more. When the probe fails or crashes, ``auto``
+warns once with the probe's reason and uses ``reference``; an explicit ``backend="keops"``
+raises a ``RuntimeError`` with that reason instead of crashing. A KeOps error that a probe
+did not foresee (e.g. a float64 compile: the probe compiles float32) is still caught:
+``auto`` then warns once and uses ``reference`` for that call and every later one; an
+explicit ``keops`` raises.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
 import warnings
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -65,18 +88,182 @@ def has_keops() -> bool:
     return True
 
 
-# Set when KeOps failed under ``auto`` (compile or run error): ``auto`` stops trying it.
+# The probe: compile and run, in a fresh interpreter, the nearest-neighbour formula of
+# ``_nn_keops`` (same formula, float32: the compiled kernel lands in KeOps' cache for it)
+# on a tiny input, and check it against torch. argv[1]: the device ("cuda" or "cpu").
+_PROBE_CODE = r"""
+import sys
+import torch
+from pykeops.torch import LazyTensor
+
+dev = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+a = torch.rand(2, 7, 3, generator=g)
+b = torch.rand(2, 5, 3, generator=g)
+A = LazyTensor(a.to(dev).contiguous()[:, :, None, :])
+Bm = LazyTensor(b.to(dev).contiguous()[:, None, :, :])
+idx = ((A - Bm) ** 2).sum(-1).argmin(dim=2).reshape(2, 7).long().cpu()
+d = torch.cdist(a.double(), b.double())
+got, want = d.gather(-1, idx[..., None])[..., 0], d.min(-1).values
+if not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+    sys.exit(f"KeOps argmin {idx.tolist()} is not the nearest point (torch: {want.tolist()})")
+print("dpc-keops-probe: ok")
+"""
+PROBE_OK_LINE = "dpc-keops-probe: ok"
+PROBE_TIMEOUT_S = 300.0  # a first nvrtc or g++ compile takes ~15 s; a loaded machine more
+
+# device type -> (ok, reason): the probe's answer in this process.
+_probe_results: dict[str, tuple[bool, str]] = {}
+_probe_lock = threading.Lock()
+
+
+def _probe_command(device: str) -> list[str]:
+    """The probe's command line (tests replace it with one that crashes)."""
+    # -X faulthandler: a crash prints the Python stack, which the reason quotes.
+    return [sys.executable, "-X", "faulthandler", "-c", _PROBE_CODE, device]
+
+
+def _probe_key(device: str) -> dict:
+    """What a stored probe answer is valid for."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    key = {
+        "pykeops": version("pykeops"),
+        "keopscore": version("keopscore"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        key["gpu"] = torch.cuda.get_device_name()
+        key["capability"] = list(torch.cuda.get_device_capability())
+    return key
+
+
+def _probe_cache_file(key: dict) -> Path | None:
+    folder = os.environ.get("KEOPS_CACHE_FOLDER")
+    if not folder:
+        return None
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(folder) / f"dpc-keops-probe-{key['device']}-{digest}.json"
+
+
+def _tail(text: str, n: int = 4) -> str:
+    """The last ``n`` lines of a probe's output; after a crash, faulthandler's message and
+    its innermost frames instead (where it crashed)."""
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    fatal = [i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")]
+    if fatal:
+        i = fatal[-1]
+        frames = [ln for ln in lines[i + 1 :] if ln.startswith("File ")][:3]
+        return " | ".join([lines[i], *frames])[:600]
+    return " | ".join(lines[-n:])[-600:]
+
+
+def _run_probe(device: str, timeout: float) -> tuple[bool, str, bool]:
+    """Run the probe subprocess: ``(ok, reason, definite)``; ``definite`` is False for a
+    time-out or a failure to start (not stored on disk)."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.Popen(
+            _probe_command(device),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: killed whole on a time-out
+        )
+    except OSError as e:
+        return False, f"the KeOps probe could not start: {e!r}", False
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            p.kill()
+        out, err = p.communicate()
+        return False, f"the KeOps probe did not finish in {timeout:g} s", False
+    took = time.perf_counter() - t0
+    rc = p.returncode
+    if rc == 0 and PROBE_OK_LINE in out:
+        return True, f"KeOps probe passed on {device} in {took:.1f} s", True
+    if rc < 0:
+        try:
+            sig = signal.Signals(-rc).name
+        except ValueError:
+            sig = str(-rc)
+        why = f"the KeOps probe process was killed by {sig} (a crash inside KeOps)"
+    else:
+        why = f"the KeOps probe exited with status {rc}"
+    detail = _tail(err) or _tail(out)
+    return False, f"{why} on {device} after {took:.1f} s" + (f": {detail}" if detail else ""), True
+
+
+def keops_status(device: str | torch.device = "cuda") -> tuple[bool, str]:
+    """Whether KeOps compiles and runs its nearest-neighbour formula on ``device`` (its
+    type: ``cuda`` or ``cpu``), and why not: ``(ok, reason)``.
+
+    Asked once per process and device type, in a subprocess (see the module docstring):
+    a KeOps crash kills the probe, not the caller. The answer is kept for the process and,
+    when ``KEOPS_CACHE_FOLDER`` is set, stored there for later processes.
+    """
+    dev = torch.device(device).type
+    with _probe_lock:
+        if dev in _probe_results:
+            return _probe_results[dev]
+        if not has_keops():
+            res = (False, "pykeops is not installed (or does not import)")
+            _probe_results[dev] = res
+            return res
+        key = _probe_key(dev)
+        path = _probe_cache_file(key)
+        if path is not None and path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+                if stored.get("key") == key:
+                    res = (bool(stored["ok"]), f"{stored['reason']} (stored in {path})")
+                    _probe_results[dev] = res
+                    return res
+            except (OSError, ValueError, KeyError):
+                pass
+        timeout = float(os.environ.get("DPC_KEOPS_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
+        ok, reason, definite = _run_probe(dev, timeout)
+        if definite and path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"key": key, "ok": ok, "reason": reason}, indent=1))
+                tmp.replace(path)
+            except OSError:
+                pass
+        _probe_results[dev] = (ok, reason)
+        return ok, reason
+
+
+# Set when KeOps failed under ``auto`` (probe failed, or a compile or run error): ``auto``
+# stops trying it.
 _keops_broken: str | None = None
 
 
-def _keops_failed(err: BaseException) -> None:
+def _keops_failed(err: BaseException | str, stacklevel: int = 3) -> None:
     global _keops_broken
-    _keops_broken = f"{type(err).__name__}: {str(err)[:300]}"
+    if isinstance(err, BaseException):
+        _keops_broken = f"{type(err).__name__}: {str(err)[:300]}"
+    else:
+        _keops_broken = err
     warnings.warn(
         f"chamfer_distance: KeOps failed ({_keops_broken}); backend 'auto' falls back to "
         "'reference' (chunked torch.cdist) from now on",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -140,11 +327,24 @@ def _pick_backend(backend: str, x: Tensor) -> str:
     if backend not in CHAMFER_BACKENDS:
         raise ValueError(f"backend must be one of {CHAMFER_BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if x.is_cuda:
-            return "keops" if has_keops() and _keops_broken is None else "reference"
-        return "kdtree"
-    if backend == "keops" and not has_keops():
-        raise RuntimeError("backend='keops' needs pykeops; pip install pykeops")
+        if not x.is_cuda:
+            return "kdtree"
+        if _keops_broken is not None or not has_keops():
+            return "reference"
+        ok, why = keops_status(x.device)
+        if ok:
+            return "keops"
+        _keops_failed(why, stacklevel=4)  # warns once; later calls see _keops_broken
+        return "reference"
+    if backend == "keops":
+        if not has_keops():
+            raise RuntimeError("backend='keops' needs pykeops; pip install pykeops")
+        ok, why = keops_status(x.device)
+        if not ok:
+            raise RuntimeError(
+                f"backend='keops': KeOps cannot run on {x.device.type} here ({why}); use "
+                "backend='auto' (falls back to 'reference'), 'kdtree' or 'reference'"
+            )
     return backend
 
 

@@ -142,6 +142,13 @@ def compile_one(fn, consts: dict, num_warps: int, fp: str, arch: int) -> dict:
     return dict(_DONE[key])
 
 
+def _launch_options(fn) -> dict:
+    """Compile options the launchers pass for ``fn`` besides ``num_warps``."""
+    if fn in (splat._splat_fwd_kernel, splat._splat_bwd_kernel):
+        return dict(splat.SPLAT_OPTIONS)
+    return {}
+
+
 def _compile_one(fn, consts: dict, num_warps: int, fp: str, arch: int) -> dict:
     sig, cx = _source(fn, consts)
     sig = {k: (f"*{fp}" if v == "PTR" else v) for k, v in sig.items()}
@@ -151,7 +158,8 @@ def _compile_one(fn, consts: dict, num_warps: int, fp: str, arch: int) -> dict:
         k = triton.compile(
             ASTSource(fn=fn, signature=sig, constexprs=cx),
             target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": num_warps},
+            # The splat kernels launch without FMA contraction (kernels.splat.SPLAT_OPTIONS).
+            options={"num_warps": num_warps, **_launch_options(fn)},
         )
     res = parse_ptxas(buf.getvalue())
     res["shared_bytes"] = int(k.metadata.shared)  # what triton asks for at launch

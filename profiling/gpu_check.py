@@ -344,22 +344,63 @@ def profiled_split(dry: bool, data_root: Path, run_dir: Path, wait: int, warmup:
     ov.append("render.kernel_variant=fused")
     with prof:
         _run_training(ov, tick)
+    return {
+        "schedule": {"wait": wait, "warmup": warmup, "active": active},
+        **time_split(prof.key_averages(), cuda, active),
+    }
+
+
+def _is_device_work(e, cpu_names: set[str]) -> bool:
+    """Whether a CUDA-side profiler row is work the device did (a kernel, memcpy or
+    memset), not a range: ``ProfilerStep#N`` and every ``record_function`` range (e.g.
+    ``Optimizer.step#Adam.step``) also appear on the CUDA timeline as a user annotation
+    spanning the kernels inside it, which a sum would count twice. torch marks those
+    ``is_user_annotation`` (and leaves them out of its own "Self CUDA time total");
+    where that field is missing, a CUDA row named like a CPU-side row is such a range."""
+    if getattr(e.device_type, "name", str(e.device_type)) != "CUDA":
+        return False
+    if getattr(e, "is_user_annotation", None):
+        return False
+    if e.key.startswith("ProfilerStep"):
+        return False
+    if getattr(e, "is_user_annotation", None) is None and e.key in cpu_names:
+        return False
+    return True
+
+
+def time_split(events, cuda: bool, active: int) -> dict:
+    """The device time of profiler rows (``prof.key_averages()``: objects with ``key``,
+    ``device_type``, ``self_device_time_total``, ``self_cpu_time_total`` in us, and
+    ``is_user_annotation``), split into the renderer's kernels and the rest; per step over
+    ``active`` steps. On CUDA only device work counts (:func:`_is_device_work`), each
+    kernel's own time; in a dry run (CPU) the CPU self time of every op but the step
+    ranges and ``aten::empty``."""
+    events = list(events)
+    cpu_names = {
+        e.key for e in events if getattr(e.device_type, "name", str(e.device_type)) == "CPU"
+    }
     total = render = 0.0
     per: dict[str, float] = {}
-    for e in prof.key_averages():
-        t = e.device_time_total if cuda else e.self_cpu_time_total
-        if cuda and e.device_type.name != "CUDA":
-            continue
-        if not cuda and e.key.startswith(("ProfilerStep", "aten::empty")):
-            continue
+    for e in events:
+        if cuda:
+            if not _is_device_work(e, cpu_names):
+                continue
+            t = getattr(e, "self_device_time_total", None)
+            if t is None:
+                t = e.device_time_total
+        else:
+            if e.key.startswith(("ProfilerStep", "aten::empty")):
+                continue
+            t = e.self_cpu_time_total
         total += t
         per[e.key] = per.get(e.key, 0.0) + t
         if e.key.startswith(RENDER_KERNEL_PREFIXES):
             render += t
     top = sorted(per.items(), key=lambda kv: -kv[1])[:15]
     return {
-        "schedule": {"wait": wait, "warmup": warmup, "active": active},
-        "time_source": "CUDA kernel time" if cuda else "CPU self time (dry run)",
+        "time_source": "CUDA kernel time (kernels, memcpy, memset; no ranges)"
+        if cuda
+        else "CPU self time (dry run)",
         "total_ms": round(total / 1e3, 2),
         "per_step_ms": round(total / 1e3 / active, 2),
         "renderer_kernels_ms": round(render / 1e3, 2),

@@ -1,5 +1,6 @@
 """Chamfer distance: backends agree with the cdist oracle, gradients too, memory is linear."""
 
+import re
 import subprocess
 import sys
 import types
@@ -180,6 +181,7 @@ def test_auto_falls_back_when_keops_fails(monkeypatch):
 
     monkeypatch.setattr(chamfer, "_keops_broken", None)
     monkeypatch.setattr(chamfer, "has_keops", lambda: True)
+    monkeypatch.setattr(chamfer, "keops_status", lambda device="cuda": (True, "probe passed"))
     monkeypatch.setattr(chamfer, "_nn_keops", broken)
     # On a CPU tensor auto picks the KD-tree; pose as the CUDA case, where it picks keops.
     real_pick = chamfer._pick_backend
@@ -203,10 +205,127 @@ def test_auto_falls_back_when_keops_fails(monkeypatch):
     chamfer_distance(x, y)  # no second attempt
     assert calls == [1]
     # The real auto rule also stops picking KeOps once it failed.
-    cuda_like = types.SimpleNamespace(is_cuda=True)  # _pick_backend reads is_cuda only
+    # _pick_backend reads is_cuda and device only
+    cuda_like = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
     assert real_pick("auto", cuda_like) == "reference"
     monkeypatch.setattr(chamfer, "_keops_broken", None)
     assert real_pick("auto", cuda_like) == "keops"
     monkeypatch.setattr(chamfer, "_keops_broken", "RuntimeError: no nvcc")
     with pytest.raises(RuntimeError, match="no nvcc"):
         chamfer_distance(x, y, backend="keops")
+
+
+# --- The KeOps probe (a subprocess): a crash there must not reach the caller. ---------
+
+SEGFAULT = "import ctypes; ctypes.string_at(0)"  # reads address 0: SIGSEGV
+
+
+@pytest.fixture
+def probe(monkeypatch, tmp_path):
+    """A fresh probe state (no answer in this process, none on disk: KEOPS_CACHE_FOLDER
+    is a new folder) whose command is ``set_code(python source)``; pykeops "imports"."""
+    from kernels import chamfer
+
+    monkeypatch.setattr(chamfer, "_probe_results", {})
+    monkeypatch.setattr(chamfer, "_keops_broken", None)
+    monkeypatch.setattr(chamfer, "has_keops", lambda: True)
+    monkeypatch.setenv("KEOPS_CACHE_FOLDER", str(tmp_path))
+    runs = []
+
+    def set_code(code: str) -> None:
+        def cmd(device):
+            runs.append(device)
+            return [sys.executable, "-X", "faulthandler", "-c", code, device]
+
+        monkeypatch.setattr(chamfer, "_probe_command", cmd)
+
+    set_code(SEGFAULT)
+    return types.SimpleNamespace(mod=chamfer, set_code=set_code, runs=runs, folder=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "code,why",
+    [
+        (SEGFAULT, r"killed by SIGSEGV.*Fatal Python error: Segmentation fault.*File "),
+        ("import os; os.abort()", r"killed by SIGABRT"),
+        ("import sys; sys.exit('[KeOps] no nvrtc here')", r"exited with status 1.*no nvrtc"),
+        ("print('compiled, but prints no ok line')", r"exited with status 0.*no ok line"),
+    ],
+)
+def test_probe_failure_is_reported_not_fatal(probe, code, why):
+    probe.set_code(code)
+    ok, reason = probe.mod.keops_status("cuda")
+    assert not ok and re.search(why, reason), reason
+    assert probe.mod.keops_status("cuda") == (ok, reason)  # once per process
+    assert probe.runs == ["cuda"]
+
+
+def test_probe_crash_auto_falls_back_explicit_raises(probe, monkeypatch):
+    """The probe segfaults: ``auto`` on CUDA warns with the reason and takes the reference
+    (and never runs KeOps in this process); an explicit ``keops`` raises that reason."""
+    mod = probe.mod
+    called = []
+    monkeypatch.setattr(mod, "_nn_keops", lambda a, b: called.append(1))  # must never run
+    cuda_like = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
+    with pytest.warns(RuntimeWarning, match="KeOps failed.*SIGSEGV.*falls back"):
+        assert mod._pick_backend("auto", cuda_like) == "reference"
+    assert "SIGSEGV" in mod._keops_broken
+    assert mod._pick_backend("auto", cuda_like) == "reference"  # no second probe
+    assert probe.runs == ["cuda"]
+    with pytest.raises(RuntimeError, match="backend='keops'.*cannot run on cuda.*SIGSEGV"):
+        mod._pick_backend("keops", cuda_like)
+    # The whole call on CPU tensors: explicit keops probes the CPU, raises, no crash.
+    x, y = torch.rand(1, 20, 3), torch.rand(1, 30, 3)
+    with pytest.raises(RuntimeError, match="cannot run on cpu.*SIGSEGV"):
+        chamfer_distance(x, y, backend="keops")
+    assert probe.runs == ["cuda", "cpu"] and not called
+    want = chamfer_distance_ref(x, y)
+    got = chamfer_distance(x, y)  # auto on CPU: the KD-tree, no probe
+    torch.testing.assert_close(got.x_to_y, want[0], rtol=1e-5, atol=1e-6)
+    assert probe.runs == ["cuda", "cpu"]
+
+
+def test_probe_answer_is_stored_per_versions(probe, monkeypatch):
+    """A definite answer is stored in KEOPS_CACHE_FOLDER and reused by a later process
+    (simulated: the in-process answers cleared) with the same versions; other versions
+    probe again."""
+    mod = probe.mod
+    ok, reason = mod.keops_status("cuda")
+    assert not ok
+    files = list(probe.folder.glob("dpc-keops-probe-cuda-*.json"))
+    assert len(files) == 1
+    mod._probe_results.clear()
+    probe.set_code("raise SystemExit('must not run: the stored answer is reused')")
+    ok2, reason2 = mod.keops_status("cuda")
+    assert not ok2 and reason2.startswith(reason) and "stored in" in reason2
+    assert probe.runs == ["cuda"]
+    # Another keopscore/torch/...: the key differs, so the probe runs again.
+    real_key = mod._probe_key
+    mod._probe_results.clear()
+    probe.set_code("print('dpc-keops-probe: ok')")
+    monkeypatch.setattr(mod, "_probe_key", lambda d: {**real_key(d), "keopscore": "9.9"})
+    assert mod.keops_status("cuda")[0] is True
+    assert probe.runs == ["cuda", "cuda"]
+
+
+def test_probe_timeout_is_not_stored(probe, monkeypatch):
+    monkeypatch.setenv("DPC_KEOPS_PROBE_TIMEOUT", "1")
+    probe.set_code("import time; time.sleep(60)")
+    ok, reason = probe.mod.keops_status("cuda")
+    assert not ok and "did not finish in 1 s" in reason
+    assert not list(probe.folder.glob("dpc-keops-probe-*"))
+
+
+def test_probe_pass_lets_auto_pick_keops(probe):
+    probe.set_code("print('dpc-keops-probe: ok')")
+    cuda_like = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"))
+    assert probe.mod._pick_backend("auto", cuda_like) == "keops"
+    assert probe.mod._pick_backend("keops", cuda_like) == "keops"
+    assert probe.runs == ["cuda"]
+
+
+def test_real_probe_command_is_valid_python():
+    from kernels import chamfer
+
+    cmd = chamfer._probe_command("cpu")
+    compile(cmd[cmd.index("-c") + 1], "<probe>", "exec")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import DEVICE, TOL, assert_parity, needs_cuda
+from kernel_testlib import DEVICE, TOL, assert_parity, errors, needs_cuda
 
 from kernels.reference import splat_points_ref
 from kernels.splat import SplatPoints, splat_points
@@ -128,21 +128,110 @@ def test_splat_gradcheck(gen):
 
 @pytest.mark.cuda
 @needs_cuda
-def test_splat_parity_full_size_cuda():
+def test_splat_parity_full_size_cuda(record_property):
+    # float32 tolerance (TOL fwd: rel L2 1e-6). The kernel's weights are bitwise the
+    # reference's (it launches without FMA contraction, kernels.splat.SPLAT_OPTIONS), so
+    # only the order of the fp32 atomic adds differs (torch's CUDA index_add adds
+    # atomically too). A cell summing m weights (each in [0, 1]) in another order is off
+    # by at most (m - 1) half-ulps of its value, relative (m - 1) eps32 / 2 with eps32 =
+    # 2^-23 = 1.19e-7: 1e-6 holds up to m = 17 contributions per cell; here (16 x 8000
+    # points, 64^3, a quarter of them on cell corners) cells get a handful. The first H200
+    # run measured 2.25e-06 (19 eps32), beyond any ordering: the FMA-contracted
+    # r = u - floor(u) then put weights off by up to ulp(u)/2 (ulp(63) = 3.8e-6).
     gen = torch.Generator().manual_seed(0)
     size = (64, 64, 64)
     pts = make_points(16, 8000, size, gen, torch.float32).requires_grad_()
     feats = torch.rand(16, 8000, 3, generator=gen).cuda().requires_grad_()
     occ, feat = splat_points(pts, size, feats, backend="triton")
     occ_r, feat_r = splat_points_ref(pts, size, feats)
+    record_property("occupancy_rel_l2_max_abs", errors(occ, occ_r))
+    record_property("features_rel_l2_max_abs", errors(feat, feat_r))
     assert_parity(occ, occ_r, *TOL[torch.float32]["fwd"], name="occupancy")
     assert_parity(feat, feat_r, *TOL[torch.float32]["fwd"], name="features")
     v = torch.randn_like(occ)
     vf = torch.randn_like(feat)
     g = torch.autograd.grad((occ * v).sum() + (feat * vf).sum(), (pts, feats))
     gr = torch.autograd.grad((occ_r * v).sum() + (feat_r * vf).sum(), (pts, feats))
+    record_property("grad_points_rel_l2_max_abs", errors(g[0], gr[0]))
     assert_parity(g[0], gr[0], *TOL[torch.float32]["bwd"], name="grad_points")
     assert_parity(g[1], gr[1], *TOL[torch.float32]["bwd"], name="grad_features")
+
+
+def test_splat_launches_without_fp_fusion(monkeypatch):
+    """Both splat launches pass enable_fp_fusion=False: with FMA contraction a GPU
+    computes r = u - floor(u) from the unrounded u (see kernels.splat.SPLAT_OPTIONS). The
+    interpreter ignores the option, so only the launch arguments can be checked here."""
+    from kernels import splat
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, name, real):
+            self.name, self.real = name, real
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen[self.name] = kwargs.get("enable_fp_fusion", "not passed")
+                return self.real[grid](*args, **kwargs)
+
+            return launch
+
+    for name in ("_splat_fwd_kernel", "_splat_bwd_kernel"):
+        monkeypatch.setattr(splat, name, Spy(name, getattr(splat, name)))
+    pts = (torch.rand(1, 50, 3, dtype=torch.float64) - 0.5).to(DEVICE).requires_grad_()
+    occ = splat_points(pts, (5, 6, 7), backend="triton")[0]
+    occ.sum().backward()
+    assert seen == {"_splat_fwd_kernel": False, "_splat_bwd_kernel": False}
+
+
+_PTX_SCRIPT = """
+import sys
+sys.path.insert(0, "profiling")
+import compile_check as cc
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import splat
+
+fn = splat._splat_fwd_kernel
+sig, cx = cc._source(fn, dict(HAS_FEAT=False, C_BLOCK=4, BLOCK=splat._GPU_BLOCK))
+sig = {k: ("*fp32" if v == "PTR" else v) for k, v in sig.items()}
+for fusion in (True, False):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx),
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "enable_fp_fusion": fusion})
+    print("fma", fusion, k.asm["ptx"].count("fma.rn.f32"))
+"""
+
+
+@pytest.mark.slow
+def test_splat_ptx_has_no_fma_without_fp_fusion():
+    """Ahead of time for sm_90 (no GPU): Triton's default contracts the splat's
+    r = u - floor(u) into fma.rn.f32; with SPLAT_OPTIONS' enable_fp_fusion=False the PTX
+    has no fma at all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kernels import splat
+
+    pytest.importorskip("triton.backends.nvidia", reason="triton without its CUDA backend")
+    assert splat.SPLAT_OPTIONS == {"enable_fp_fusion": False}
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    r = subprocess.run(
+        [sys.executable, "-c", _PTX_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    counts = dict(ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith("fma "))
+    assert int(counts["True"]) >= 6 and int(counts["False"]) == 0, counts
 
 
 def test_splat_many_blocks(gpu_blocks, gen):
