@@ -85,28 +85,40 @@ def _write(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _git_commit() -> dict | None:
+    if not (ROOT / ".git").exists():
+        return None
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True)
+        d = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if r.returncode != 0:
+        return None
+    return {"commit": r.stdout.decode().strip(), "dirty": bool(d.stdout.strip()), "source": "git"}
+
+
 def commit_info() -> dict:
-    """The tree's commit: ``git`` where ``.git`` exists, else the COMMIT file written by
-    profiling/wheelhouse.py before the device call."""
-    if (ROOT / ".git").exists():
-        try:
-            r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True)
-            d = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode == 0:
-                sha = r.stdout.decode().strip()
-                return {"commit": sha, "dirty": bool(d.stdout.strip()), "source": "git"}
-        except OSError:
-            pass
+    """The tree's commit: the COMMIT file written by profiling/wheelhouse.py right before
+    the device call when it exists, else ``git``. The file comes first because the
+    device's copy of the tree can hold a stale ``.git`` (the H200 run of 2026-12-04 reported
+    an older HEAD than the code it ran); where both exist and differ, ``git_commit`` says
+    what git saw."""
+    git = _git_commit()
     f = Path(os.environ.get("DPC_COMMIT_FILE", ROOT / ".wheelhouse" / "COMMIT"))
-    if f.is_file():
-        words = f.read_text().split()
-        if words:
-            return {"commit": words[0], "dirty": "dirty" in words[1:], "source": str(f)}
+    words = f.read_text().split() if f.is_file() else []
+    if words:
+        info = {"commit": words[0], "dirty": "dirty" in words[1:], "source": str(f)}
+        if git is not None and git["commit"] != info["commit"]:
+            info["git_commit"] = git["commit"]
+        return info
+    if git is not None:
+        return git
     return {"commit": None, "dirty": None, "source": "none (no .git, no COMMIT file)"}
 
 
@@ -721,7 +733,9 @@ def to_markdown(rep: dict) -> str:
         f"- torch {env.get('torch')}; triton {env.get('triton')}; python {env.get('python')}"
         f" ({rep.get('python')}); {env.get('cpu_count')} CPU cores",
         f"- commit {ci.get('commit')}{' (dirty)' if ci.get('dirty') else ''} "
-        f"(from {ci.get('source')})",
+        f"(from {ci.get('source')}"
+        + (f"; git's HEAD there: {ci['git_commit']}" if ci.get("git_commit") else "")
+        + ")",
         f"- started {rep['started_utc']} UTC, updated {rep.get('updated_utc')} UTC, "
         f"{rep.get('elapsed_s')} s of a {round(rep['budget_s'])} s budget"
         + ("" if rep.get("finished_utc") else " (NOT FINISHED: partial report)")

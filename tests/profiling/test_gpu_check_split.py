@@ -86,3 +86,20 @@ def test_split_dry_run_uses_cpu_self_time(gpu_check):
     names = {t["name"] for t in res["top"]}
     assert "ProfilerStep*" not in names and "aten::empty" not in names
     assert "aten::mm" in names and res["time_source"].startswith("CPU")
+
+
+def test_commit_comes_from_the_commit_file_before_git(gpu_check, tmp_path, monkeypatch):
+    """The device's copy can hold a stale ``.git`` (run 4 reported an older HEAD than the
+    code it ran): the COMMIT file written right before the call wins, and git's HEAD is
+    kept beside it when the two differ."""
+    f = tmp_path / "COMMIT"
+    f.write_text("0123abcd dirty\n")
+    monkeypatch.setenv("DPC_COMMIT_FILE", str(f))
+    info = gpu_check.commit_info()
+    assert info["commit"] == "0123abcd" and info["dirty"] is True
+    assert info["source"] == str(f)
+    if (ROOT / ".git").exists():
+        assert info.get("git_commit") not in (None, "0123abcd")
+    monkeypatch.setenv("DPC_COMMIT_FILE", str(tmp_path / "missing"))
+    info = gpu_check.commit_info()
+    assert info["source"] in ("git", "none (no .git, no COMMIT file)")
