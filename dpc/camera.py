@@ -204,16 +204,43 @@ def silhouette_twin(q: Tensor) -> Tensor:
     return quat_mul(r.expand_as(q), quat_mul(q, z.expand_as(q)))
 
 
-def with_flipped_candidates(q: Tensor, axis: str = "camera") -> Tensor:
+def camera_azel(q: Tensor) -> tuple[Tensor, Tensor]:
+    """Azimuth and elevation ``[...]`` (radians) of the cameras ``q [..., 4]`` in
+    :func:`view_quat`'s convention (the camera's roll is ignored)."""
+    p = camera_position(q, 1.0)
+    return torch.atan2(p[..., 2], p[..., 0]), torch.atan2(p[..., 1], p[..., 0::2].norm(dim=-1))
+
+
+def twin_in_range(q: Tensor, elevation_range: tuple[float, float]) -> Tensor:
+    """The :func:`silhouette_twin` ``[..., 4]`` (unit norm) of upright cameras ``q [..., 4]``,
+    ``azel_quat(pi - az, -el)``, with the twin's elevation clamped into ``elevation_range``
+    (degrees, ``model.pose_elevation_range``): a view whose twin the camera prior rules
+    out gets a camera on the range's edge instead, which no longer has its silhouette, so
+    winner-takes-all keeps the view itself."""
+    az, el = camera_azel(q)
+    lo, hi = (math.radians(float(x)) for x in elevation_range)
+    return azel_quat(math.pi - az, (-el).clamp(lo, hi))
+
+
+FLIP_AXES = ("camera", "object", "twin")
+
+
+def with_flipped_candidates(
+    q: Tensor, axis: str = "camera", elevation_range: tuple[float, float] = (-80.0, 80.0)
+) -> Tensor:
     """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``,
     the candidate set of ``model.pose_flip_candidates``; ``axis`` (``model.pose_flip_axis``)
     ``camera``: ``F`` = :func:`flip_about_image_up`; ``object``: :func:`flip_about_object_up`
-    about the mean image-up of all of ``q`` (the model's vertical, estimated per batch)."""
+    about the mean image-up of all of ``q`` (the model's vertical, estimated per batch);
+    ``twin``: :func:`twin_in_range` (upright cameras, an object mirror-symmetric across the
+    model's z = 0)."""
     if axis == "camera":
         return torch.cat((q, flip_about_image_up(q)), dim=-2)
     if axis == "object":
         return torch.cat((q, flip_about_object_up(q)), dim=-2)
-    raise ValueError(f"model.pose_flip_axis must be 'camera' or 'object', got {axis!r}")
+    if axis == "twin":
+        return torch.cat((q, twin_in_range(q, elevation_range)), dim=-2)
+    raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {axis!r}")
 
 
 def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:

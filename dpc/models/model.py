@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from dpc.camera import with_flipped_candidates
+from dpc.camera import FLIP_AXES, with_flipped_candidates
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder, init_he
 from dpc.models.pose import PoseHeads, _mlp
@@ -70,24 +70,38 @@ class DPCModel(nn.Module):
         silhouette_weight: float = 0.0,
         pose_parametrization: str = "quaternion",
         elevation_range: tuple[float, float] = (-80.0, 80.0),
+        mirror_symmetric: bool = False,
     ):
         super().__init__()
+        # model.pc_mirror_symmetric (not in the paper): the decoder predicts half the points
+        # and the cloud is those and their mirror across the model's z = 0 plane (the
+        # built-in categories are all left-right symmetric, length along x, y up)
+        if mirror_symmetric and num_points % 2:
+            raise ValueError(
+                f"model.pc_mirror_symmetric needs an even model.pc_num_points, got {num_points}"
+            )
+        self.mirror_symmetric = mirror_symmetric
         # no pose heads -> no pose-code layer (it would get no gradient)
         self.encoder = ImageEncoder(
             image_size, base_channels, fc_dim, predict_pose, pose_code_activation
         )
-        self.decoder = PointDecoder(fc_dim, num_points, rgb, points_init_std)
+        decoded = num_points // 2 if mirror_symmetric else num_points
+        self.decoder = PointDecoder(fc_dim, decoded, rgb, points_init_std)
         # learn_scale=False: a constant occupancy scale of max_scale (no head)
         self.scale_head = ScaleHead(fc_dim, max_scale) if learn_scale else None
         self.max_scale = max_scale
+        # with flips, M heads around half the circle: the flips cover the other half; with
+        # twins (azimuth a -> pi - a), M heads on the front half (-90, 90) degrees, midway
+        # between its edges, and their twins on the back half
+        twins = flip_candidates and flip_axis == "twin"
         self.pose_heads = (
-            # with flips, M heads around half the circle: the flips cover the other half
             PoseHeads(
                 fc_dim,
                 num_candidates,
                 student,
                 init=candidates_init,
                 ring_span=math.pi if flip_candidates else 2 * math.pi,
+                ring_start=-math.pi / 2 + math.pi / (2 * num_candidates) if twins else 0.0,
                 parametrization=pose_parametrization,
                 elevation_range=tuple(elevation_range),
             )  # fmt: skip
@@ -99,11 +113,21 @@ class DPCModel(nn.Module):
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
-        if flip_axis not in ("camera", "object"):
+        if flip_axis not in FLIP_AXES:
+            raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {flip_axis!r}")
+        if (
+            flip_candidates
+            and flip_axis == "twin"
+            and not (pose_parametrization == "view" and mirror_symmetric)
+        ):
+            # the twin is the mirror across the model's z = 0 of an upright camera: it is the
+            # silhouette's twin only for upright heads and a cloud symmetric across that plane
             raise ValueError(
-                f"model.pose_flip_axis must be 'camera' or 'object', got {flip_axis!r}"
+                "model.pose_flip_axis=twin needs model.pose_parametrization=view and "
+                "model.pc_mirror_symmetric=true"
             )
         self.flip_axis = flip_axis  # model.pose_flip_axis (dpc.camera.with_flipped_candidates)
+        self.elevation_range = tuple(float(x) for x in elevation_range)
         # model.pose_selector (not in the paper; dpc/training/student_refit.py): a head that
         # picks one of the candidates, fitted after training; until then the student
         # gives the pose. Built from its own generator so that the other weights, and
@@ -144,6 +168,9 @@ class DPCModel(nn.Module):
     def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Shape code ``[B, F]`` -> ``(points [B, N, 3], scale [B], colors [B, N, 3] | None)``."""
         points, colors = self.decoder(z)
+        if self.mirror_symmetric:
+            points = torch.cat((points, points * points.new_tensor((1.0, 1.0, -1.0))), dim=1)
+            colors = None if colors is None else torch.cat((colors, colors), dim=1)
         if self.scale_head is None:
             return points, z.new_full((z.shape[0],), self.max_scale), colors
         return points, self.scale_head(z), colors
@@ -162,7 +189,10 @@ class DPCModel(nn.Module):
             # only the camera's.
             # With model.pose_flip_axis=object the flip is the exact front/back turn about
             # the model's vertical, estimated from this batch's cameras.
-            cands = with_flipped_candidates(cands, self.flip_axis)
+            # With model.pose_flip_axis=twin, each candidate's silhouette twin (its elevation
+            # kept inside model.pose_elevation_range): winner-takes-all then picks, view by
+            # view, whichever of the two the perspective renders closer to the mask.
+            cands = with_flipped_candidates(cands, self.flip_axis, self.elevation_range)
         return cands, student
 
     def forward(self, images: Tensor, shape_index: Tensor | None = None) -> ModelOutput:
@@ -214,6 +244,7 @@ CONFIG_KEYS = {
     "silhouette_weight": "pose_silhouette_weight",
     "pose_parametrization": "pose_parametrization",
     "elevation_range": "pose_elevation_range",
+    "mirror_symmetric": "pc_mirror_symmetric",
 }
 
 

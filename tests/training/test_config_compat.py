@@ -53,6 +53,7 @@ ADDED = {
     "model.pose_silhouette_weight": 0.0,  # issue 20: reading the pose with silhouettes too
     "model.pose_parametrization": "quaternion",  # issue 20: azimuth-elevation heads
     "model.pose_elevation_range": [-80.0, 80.0],
+    "model.pc_mirror_symmetric": False,  # issue 20: a mirror-symmetric cloud is an option
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
