@@ -93,16 +93,16 @@ class PoseHeads(nn.Module):
             raise ValueError(f"model.pose_candidates_init must be 'random' or 'ring', got {init!r}")
 
     @torch.no_grad()
-    def _init_ring(self, span: float, start: float = 0.0, spread: float = 0.02) -> None:
+    def _init_ring(self, span: float, offset: float = 0.0, spread: float = 0.02) -> None:
         """``model.pose_candidates_init=ring`` (not in the paper): head h starts near the
-        camera at azimuth ``start + span * h / M`` (``span`` 2 pi, or pi when each candidate
+        camera at azimuth ``offset + span * h / M`` (``span`` 2 pi, or pi when each candidate
         also comes flipped or twinned), elevation 0, about the model's y axis (its last
         layer's bias; its weights scaled by ``spread`` keep a small dependence on the image).
         With random heads every image starts near the same few cameras, often all on one
         side of the object, and training settles in the one-sided solution (RESULTS.md,
         "Round 3"); a ring shows the shape from all around from the first step."""
         M = len(self.candidates)
-        az = start + torch.arange(M, dtype=torch.float32) * (span / M)
+        az = offset + torch.arange(M, dtype=torch.float32) * (span / M)
         if self.view is None:
             start = view_quat(az, torch.zeros(M))
         else:  # the raw (a, b, e) of the same cameras (elevation 0, or the range's nearest)
