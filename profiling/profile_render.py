@@ -215,10 +215,16 @@ def parity(cfg: Config, device: str, provider: str = "triton") -> float:
 
 
 def env_info(device: str, argv: list[str]) -> dict:
+    # gpu_check.sh passes the commit it read from .wheelhouse/COMMIT: the device's copy of
+    # the tree can hold a stale .git (2026-12-04: its HEAD was an older commit)
+    sha = os.environ.get("DPC_COMMIT", "")[:7]
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
+        sha = (
+            sha
+            or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+        )
     except Exception:
         sha = "unknown"
     triton_version = None
