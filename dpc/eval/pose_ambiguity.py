@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dpc.camera import camera_position, silhouette_twin, view_quat
+from dpc.camera import camera_azel, silhouette_twin, view_quat
 from dpc.cli import print_json, run_command
 from dpc.data import prepare_masks
 from dpc.data.images import resize_masks
@@ -54,11 +54,9 @@ SCALES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def azimuth_elevation(quat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(az, el)`` in radians ``[...]`` of camera quaternions ``[..., 4]`` (inverse of
-    :func:`dpc.camera.view_quat`)."""
-    c = camera_position(quat.double())
-    el = torch.asin((c[..., 1] / c.norm(dim=-1)).clamp(-1, 1))
-    return torch.atan2(c[..., 2], c[..., 0]), el
+    """``(az, el)`` in radians ``[...]`` (float64) of camera quaternions ``[..., 4]``
+    (inverse of :func:`dpc.camera.view_quat`): :func:`dpc.camera.camera_azel`."""
+    return camera_azel(quat.double())
 
 
 def confusion_quats(quat: torch.Tensor) -> torch.Tensor:

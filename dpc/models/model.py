@@ -115,11 +115,7 @@ class DPCModel(nn.Module):
         self.flip_candidates = flip_candidates
         if flip_axis not in FLIP_AXES:
             raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {flip_axis!r}")
-        if (
-            flip_candidates
-            and flip_axis == "twin"
-            and not (pose_parametrization == "view" and mirror_symmetric)
-        ):
+        if twins and not (pose_parametrization == "view" and mirror_symmetric):
             # the twin is the mirror across the model's z = 0 of an upright camera: it is the
             # silhouette's twin only for upright heads and a cloud symmetric across that plane
             raise ValueError(
