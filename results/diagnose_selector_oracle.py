@@ -36,7 +36,7 @@ from dpc.runs import open_run
 from dpc.training.student_refit import _fit, pose_codes
 
 run_dir = Path(sys.argv[1])
-qs = [0.3]
+CONFIDENT_Q = 0.3  # the confident views: margin above this quantile (the top 70%)
 run = open_run(run_dir)
 m, cfg, st = run.model, run.cfg, run.settings
 ds = open_dataset(Path(cfg.data.root) / cfg.data.name)
@@ -54,10 +54,8 @@ def split_data(split):
     pts = torch.tensor(p.points.astype(np.float32)).reshape(n * V, -1, 3)
     sc = torch.tensor(p.scale).reshape(-1).float()
     cands = torch.tensor(p.candidates).reshape(n * V, C, 4).float()
-    mk = prepare_masks(
-        np.asarray(ds.masks(split))[:n].reshape(n * V, *ds.masks(split).shape[2:]),
-        renderer.settings.vox_size,
-    )
+    masks = np.asarray(ds.masks(split))[:n]
+    mk = prepare_masks(masks.reshape(n * V, *masks.shape[2:]), renderer.settings.vox_size)
     err = torch.cat(
         [
             silhouette_errors(
@@ -69,13 +67,19 @@ def split_data(split):
     qgt = torch.tensor(np.asarray(ds.quats(split))[:n], dtype=torch.float64).reshape(n * V, 1, 4)
     perr = pose_errors_deg(cands.double(), qgt.expand(-1, C, 4), qal)
     imgs = ds.images(split)
-    codes = pose_codes(m, imgs.reshape(-1, *imgs.shape[2:]), size, "cpu")
-    return codes, err, perr, C
+    imgs = imgs.reshape(-1, *imgs.shape[2:])
+    codes = pose_codes(m, imgs, size, "cpu")
+    return codes, err, perr, C, imgs
+
+
+def right(perr, pick):
+    """Share of views whose picked candidate ``pick [n]`` lies within 30 degrees."""
+    return float((perr.gather(1, pick[:, None])[:, 0] < 30).double().mean())
 
 
 with torch.no_grad():
-    ctr, etr, ptr, C = split_data("train")
-    cte, ete, pte, _ = split_data("test")
+    ctr, etr, ptr, C, imgs_tr = split_data("train")
+    cte, ete, pte, _, imgs_te = split_data("test")
 M = C // 2
 
 
@@ -92,13 +96,13 @@ k_sil, marg = pair_margin(etr)
 k_or = ptr.argmin(1)
 print(
     "train: silhouette label right (within 30):",
-    float((ptr.gather(1, k_sil[:, None])[:, 0] < 30).double().mean()),
+    right(ptr, k_sil),
     "oracle any:",
     float((ptr.min(1).values < 30).double().mean()),
 )
 print(
     "test: silhouette readout acc:",
-    float((pte.gather(1, ete.argmin(1)[:, None])[:, 0] < 30).double().mean()),
+    right(pte, ete.argmin(1)),
     "any:",
     float((pte.min(1).values < 30).double().mean()),
 )
@@ -110,24 +114,21 @@ def fit_eval(codes, labels, name, seed=1):
     _fit(sel, codes, ce, labels, 2000, seed)
     with torch.no_grad():
         pick = sel(cte).argmax(1)
-    acc = float((pte.gather(1, pick[:, None])[:, 0] < 30).double().mean())
-    print(f"{name}: views {len(codes)}, test acc {acc:.3f}")
+    print(f"{name}: views {len(codes)}, test acc {right(pte, pick):.3f}")
 
 
 fit_eval(ctr, k_sil, "selector on silhouette labels")
 fit_eval(ctr, k_or, "selector on ORACLE labels")
-for q in qs:
-    thr = torch.quantile(marg, q)
-    keep = marg > thr
-    lab_right = float((ptr.gather(1, k_sil[:, None])[:, 0][keep] < 30).double().mean())
-    print(f"conf q={q}: margin>{thr:.3f} keeps {int(keep.sum())}, label right {lab_right:.3f}")
-    fit_eval(ctr[keep], k_sil[keep], f"selector on confident silhouette labels q={q}")
-
-
-imgs_tr = ds.images("train")
-imgs_tr = imgs_tr.reshape(-1, *imgs_tr.shape[2:])
-imgs_te = ds.images("test")
-imgs_te = imgs_te.reshape(-1, *imgs_te.shape[2:])
+thr = torch.quantile(marg, CONFIDENT_Q)
+confident = marg > thr
+lab_right = right(ptr[confident], k_sil[confident])
+print(
+    f"conf q={CONFIDENT_Q}: margin>{thr:.3f} keeps {int(confident.sum())}, "
+    f"label right {lab_right:.3f}"
+)
+fit_eval(
+    ctr[confident], k_sil[confident], f"selector on confident silhouette labels q={CONFIDENT_Q}"
+)
 
 
 def run_ft(labels, keep, name, steps=600, seed=0):
@@ -137,7 +138,7 @@ def run_ft(labels, keep, name, steps=600, seed=0):
     opt = torch.optim.Adam(list(enc.parameters()) + list(sel.parameters()), 1e-4)
     idx_all = torch.nonzero(keep)[:, 0]
     g = torch.Generator().manual_seed(seed)
-    for it in range(steps):
+    for _ in range(steps):
         i = idx_all[torch.randint(0, len(idx_all), (64,), generator=g)]
         x = prepare_images(imgs_tr[i.numpy()], size)
         code = enc(x)[1]
@@ -151,12 +152,10 @@ def run_ft(labels, keep, name, steps=600, seed=0):
         for s in range(0, len(imgs_te), 64):
             picks.append(sel(enc(prepare_images(imgs_te[s : s + 64], size))[1]).argmax(1))
         pick = torch.cat(picks)
-    acc = float((pte.gather(1, pick[:, None])[:, 0] < 30).double().mean())
-    print(f"{name}: train views {int(keep.sum())}, test acc {acc:.3f}", flush=True)
+    print(f"{name}: train views {int(keep.sum())}, test acc {right(pte, pick):.3f}", flush=True)
 
 
 allv = torch.ones(len(k_or), dtype=torch.bool)
 run_ft(k_or, allv, "finetune ORACLE labels")
 run_ft(k_sil, allv, "finetune silhouette labels")
-thr = torch.quantile(marg, 0.3)
-run_ft(k_sil, marg > thr, "finetune confident silhouette labels q=0.3")
+run_ft(k_sil, confident, f"finetune confident silhouette labels q={CONFIDENT_Q}")
