@@ -222,24 +222,45 @@ def twin_in_range(q: Tensor, elevation_range: tuple[float, float]) -> Tensor:
     return azel_quat(math.pi - az, (-el).clamp(lo, hi))
 
 
-FLIP_AXES = ("camera", "object", "twin")
+FLIP_AXES = ("camera", "object", "twin", "twin_flip")
+# how many cameras each head gives with model.pose_flip_candidates, per model.pose_flip_axis
+FLIP_FACTOR = {"camera": 2, "object": 2, "twin": 2, "twin_flip": 4}
+
+
+def flip_upright(q: Tensor) -> Tensor:
+    """``[..., 4]``: upright cameras ``q [..., 4]`` (image up on the object's y, as
+    :func:`azel_quat` makes them) turned half a turn about the object's y,
+    ``azel_quat(az + pi, el)``: the exact front/back flip."""
+    az, el = camera_azel(q)
+    return azel_quat(az + math.pi, el)
 
 
 def with_flipped_candidates(
     q: Tensor, axis: str = "camera", elevation_range: tuple[float, float] = (-80.0, 80.0)
 ) -> Tensor:
-    """Pose candidates ``[..., M, 4]`` -> ``[..., 2M, 4]``: ``[q_1..q_M, F q_1..F q_M]``,
-    the candidate set of ``model.pose_flip_candidates``; ``axis`` (``model.pose_flip_axis``)
-    ``camera``: ``F`` = :func:`flip_about_image_up`; ``object``: :func:`flip_about_object_up`
-    about the mean image-up of all of ``q`` (the model's vertical, estimated per batch);
-    ``twin``: :func:`twin_in_range` (upright cameras, an object mirror-symmetric across the
-    model's z = 0)."""
+    """Pose candidates ``[..., M, 4]`` -> ``[..., F M, 4]`` (``F`` = :data:`FLIP_FACTOR`),
+    the candidate set of ``model.pose_flip_candidates``; ``axis`` (``model.pose_flip_axis``):
+
+    * ``camera``: ``[q, F q]``, ``F`` = :func:`flip_about_image_up`;
+    * ``object``: ``[q, F q]``, :func:`flip_about_object_up` about the mean image-up of all
+      of ``q`` (the model's vertical, estimated per batch);
+    * ``twin``: ``[q, T q]``, ``T`` = :func:`twin_in_range` (upright cameras, an object
+      mirror-symmetric across the model's z = 0);
+    * ``twin_flip``: ``[q, T q, P q, T P q]`` with ``P`` = :func:`flip_upright`: each
+      camera ``(az, el)`` also as ``(180 - az, -el)``, ``(az + 180, el)`` and ``(-az, -el)``
+      (twins' elevations clamped into ``elevation_range``).
+    """
     if axis == "camera":
         return torch.cat((q, flip_about_image_up(q)), dim=-2)
     if axis == "object":
         return torch.cat((q, flip_about_object_up(q)), dim=-2)
     if axis == "twin":
         return torch.cat((q, twin_in_range(q, elevation_range)), dim=-2)
+    if axis == "twin_flip":
+        f = flip_upright(q)
+        return torch.cat(
+            (q, twin_in_range(q, elevation_range), f, twin_in_range(f, elevation_range)), dim=-2
+        )
     raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {axis!r}")
 
 

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from dpc.camera import FLIP_AXES, with_flipped_candidates
+from dpc.camera import FLIP_AXES, FLIP_FACTOR, with_flipped_candidates
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder, init_he
 from dpc.models.pose import PoseHeads, _mlp
@@ -71,6 +71,7 @@ class DPCModel(nn.Module):
         pose_parametrization: str = "quaternion",
         elevation_range: tuple[float, float] = (-80.0, 80.0),
         mirror_symmetric: bool = False,
+        mirror_equivariant: bool = False,
     ):
         super().__init__()
         # model.pc_mirror_symmetric (not in the paper): the decoder predicts half the points
@@ -92,16 +93,23 @@ class DPCModel(nn.Module):
         self.max_scale = max_scale
         # with flips, M heads around half the circle: the flips cover the other half; with
         # twins (azimuth a -> pi - a), M heads on the front half (-90, 90) degrees, midway
-        # between its edges, and their twins on the back half
-        twins = flip_candidates and flip_axis == "twin"
+        # between its edges, and their twins on the back half; with twins and flips, M heads
+        # on the quarter (0, 90) degrees, the three others covering the rest
+        twins = flip_candidates and flip_axis in ("twin", "twin_flip")
+        if flip_candidates and flip_axis == "twin_flip":
+            span, start = math.pi / 2, math.pi / (4 * num_candidates)
+        elif twins:
+            span, start = math.pi, -math.pi / 2 + math.pi / (2 * num_candidates)
+        else:
+            span, start = (math.pi if flip_candidates else 2 * math.pi), 0.0
         self.pose_heads = (
             PoseHeads(
                 fc_dim,
                 num_candidates,
                 student,
                 init=candidates_init,
-                ring_span=math.pi if flip_candidates else 2 * math.pi,
-                ring_start=-math.pi / 2 + math.pi / (2 * num_candidates) if twins else 0.0,
+                ring_span=span,
+                ring_start=start,
                 parametrization=pose_parametrization,
                 elevation_range=tuple(elevation_range),
             )  # fmt: skip
@@ -119,10 +127,21 @@ class DPCModel(nn.Module):
             # the twin is the mirror across the model's z = 0 of an upright camera: it is the
             # silhouette's twin only for upright heads and a cloud symmetric across that plane
             raise ValueError(
-                "model.pose_flip_axis=twin needs model.pose_parametrization=view and "
+                f"model.pose_flip_axis={flip_axis} needs model.pose_parametrization=view and "
                 "model.pc_mirror_symmetric=true"
             )
         self.flip_axis = flip_axis  # model.pose_flip_axis (dpc.camera.with_flipped_candidates)
+        # model.pose_mirror_equivariant (not in the paper): the pose of the left-right
+        # mirrored image is the mirrored pose, by construction (PoseHeads.mirror_pair); the
+        # mirror is across the model's z = 0, so the cloud must be symmetric across it
+        if mirror_equivariant:
+            if not (predict_pose and pose_parametrization == "view" and mirror_symmetric):
+                raise ValueError(
+                    "model.pose_mirror_equivariant needs model.predict_pose=true, "
+                    "model.pose_parametrization=view and model.pc_mirror_symmetric=true"
+                )
+            self.pose_heads.mirror_partner()  # raises now if the heads cannot be paired
+        self.mirror_equivariant = mirror_equivariant
         self.elevation_range = tuple(float(x) for x in elevation_range)
         # model.pose_selector (not in the paper; dpc/training/student_refit.py): a head that
         # picks one of the candidates, fitted after training; until then the student
@@ -159,7 +178,9 @@ class DPCModel(nn.Module):
         twice that with ``flip_candidates``; 1 without pose prediction, the given pose)."""
         if self.pose_heads is None:
             return 1
-        return len(self.pose_heads.candidates) * (2 if self.flip_candidates else 1)
+        return len(self.pose_heads.candidates) * (
+            FLIP_FACTOR[self.flip_axis] if self.flip_candidates else 1
+        )
 
     def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Shape code ``[B, F]`` -> ``(points [B, N, 3], scale [B], colors [B, N, 3] | None)``."""
@@ -171,12 +192,16 @@ class DPCModel(nn.Module):
             return points, z.new_full((z.shape[0],), self.max_scale), colors
         return points, self.scale_head(z), colors
 
-    def pose(self, pose_code: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """Pose code ``[B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``, the
+    def pose(self, pose_code: Tensor, mirrored_code: Tensor | None = None
+             ) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+        """Pose code ``[B, F]`` (and, with ``mirror_equivariant``, the mirrored images'
+        ``mirrored_code [B, F]``) -> ``(candidates [B, M, 4], student [B, 4] | None)``, the
         candidates flipped too with ``flip_candidates``."""
         if self.pose_heads is None:
             return None, None
-        cands, student = self.pose_heads(pose_code)
+        if self.mirror_equivariant and mirrored_code is None:
+            raise ValueError("model.pose_mirror_equivariant: pose() needs the mirrored codes")
+        cands, student = self.pose_heads(pose_code, mirrored_code)
         if self.flip_candidates:
             # At zero elevation F q is exactly the object's front/back flip (q composed with
             # a half turn about the object's vertical); at elevation e the two differ by
@@ -199,9 +224,14 @@ class DPCModel(nn.Module):
         Returns:
             :class:`ModelOutput`; points/scale/colors have ``B'`` rows, poses ``B``.
         """
-        z, pose_code = self.encoder(images)
+        mirrored = None
+        if self.mirror_equivariant:  # one pass over the images and their mirrors (W flipped)
+            z, codes = self.encoder(torch.cat((images, images.flip(-1))))
+            z, (pose_code, mirrored) = z[: len(images)], codes.chunk(2)
+        else:
+            z, pose_code = self.encoder(images)
         points, scale, colors = self.shape(z if shape_index is None else z[shape_index])
-        cands, student = self.pose(pose_code)
+        cands, student = self.pose(pose_code, mirrored)
         selected, logits = None, None
         if self.pose_selector is not None and bool(self.selector_fitted):
             logits = self.pose_selector(pose_code)
@@ -238,6 +268,7 @@ CONFIG_KEYS = {
     "candidates_init": "pose_candidates_init",
     "selector": "pose_selector",
     "silhouette_weight": "pose_silhouette_weight",
+    "mirror_equivariant": "pose_mirror_equivariant",
     "pose_parametrization": "pose_parametrization",
     "elevation_range": "pose_elevation_range",
     "mirror_symmetric": "pc_mirror_symmetric",
@@ -254,7 +285,8 @@ def build_model(cfg) -> DPCModel:
 def candidate_count(cfg) -> int:
     """How many candidate poses training chooses among for a config, the
     :attr:`DPCModel.num_candidates` of :func:`build_model`'s model (the range of the
-    winner index): 1 under camera supervision, else the heads' M, times 2 with
+    winner index): 1 under camera supervision, else the heads' M, times
+    :data:`dpc.camera.FLIP_FACTOR` of ``model.pose_flip_axis`` with
     ``model.pose_flip_candidates``."""
     m = model_group(cfg)
     flip = bool(m.pose_flip_candidates)
@@ -265,7 +297,11 @@ def candidate_count(cfg) -> int:
         )
     if not m.predict_pose:
         return 1
-    return int(m.pose_predict_num_candidates) * (2 if flip else 1)
+    if flip and m.pose_flip_axis not in FLIP_AXES:
+        raise ValueError(
+            f"model.pose_flip_axis must be one of {FLIP_AXES}, got {m.pose_flip_axis!r}"
+        )
+    return int(m.pose_predict_num_candidates) * (FLIP_FACTOR[m.pose_flip_axis] if flip else 1)
 
 
 def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:

@@ -85,6 +85,7 @@ class PoseHeads(nn.Module):
             return nn.Sequential(*_mlp(in_dim, hidden, 3), self.view)  # no state: shared
 
         self.candidates = nn.ModuleList(head() for _ in range(num_candidates))
+        self.ring_azimuths: Tensor | None = None  # [M] the heads' ring starts (radians)
         self.student = head() if student else None
         init_he(self)
         if init == "ring":
@@ -103,6 +104,7 @@ class PoseHeads(nn.Module):
         "Round 3"); a ring shows the shape from all around from the first step."""
         M = len(self.candidates)
         az = offset + torch.arange(M, dtype=torch.float32) * (span / M)
+        self.ring_azimuths = az
         if self.view is None:
             start = view_quat(az, torch.zeros(M))
         else:  # the raw (a, b, e) of the same cameras (elevation 0, or the range's nearest)
@@ -113,7 +115,58 @@ class PoseHeads(nn.Module):
             last.weight.mul_(spread)
             last.bias.copy_(start[h])
 
-    def forward(self, pose_code: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, pose_code: Tensor, mirrored_code: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+        """``pose_code [B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``; with
+        ``mirrored_code`` (the codes of the left-right mirrored images), the mirror-equivariant
+        heads of :meth:`raw_pair`."""
+        if mirrored_code is not None:
+            return self.mirror_pair(pose_code, mirrored_code)
         cands = torch.stack([h(pose_code) for h in self.candidates], dim=1)  # [B, M, 4]
         student = quat_normalize(self.student(pose_code)) if self.student is not None else None
         return quat_normalize(cands), student
+
+    def mirror_partner(self) -> list[int]:
+        """Head ``h``'s partner under the mirror ``az -> -az``: the head whose ring start
+        is nearest ``-az_h`` (``model.pose_mirror_equivariant``). Raises unless the pairing
+        is an involution (ring-started heads placed symmetrically about azimuth 0)."""
+        M = len(self.candidates)
+        if self.ring_azimuths is None:
+            if M == 1:
+                return [0]
+            raise ValueError("model.pose_mirror_equivariant needs model.pose_candidates_init=ring "
+                             "with more than one candidate head (it pairs each head with the "
+                             "one starting at the mirrored azimuth)")  # fmt: skip
+        az = self.ring_azimuths
+        d = torch.remainder(-az[:, None] - az[None, :] + math.pi, 2 * math.pi) - math.pi
+        part = d.abs().argmin(1).tolist()
+        if any(part[p] != h for h, p in enumerate(part)):
+            raise ValueError(f"the heads' ring starts (degrees {torch.rad2deg(az).tolist()}) "
+                             "are not symmetric about azimuth 0: no mirror pairing")  # fmt: skip
+        return part
+
+    def mirror_pair(self, code: Tensor, mirrored: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``model.pose_mirror_equivariant`` (not in the paper; view heads only): head ``h``'s
+        raw ``(a, b, e)`` on the image plus the mirror ``(a, -b, e)`` of its partner's on the
+        mirrored image (:meth:`mirror_partner`), elevations averaged. A mirror-symmetric
+        object's mirrored image is the view from ``(-az, el)``; with these heads the
+        candidates of the mirrored image are the candidates' mirrors by construction."""
+        if self.view is None:
+            raise ValueError("model.pose_mirror_equivariant needs model.pose_parametrization=view")
+        part = self.mirror_partner()
+        cands = torch.stack([mirror_pair(h, self.candidates[p], code, mirrored)
+                             for h, p in zip(self.candidates, part)], dim=1)  # fmt: skip
+        student = None
+        if self.student is not None:
+            student = mirror_pair(self.student, self.student, code, mirrored)
+        return quat_normalize(cands), None if student is None else quat_normalize(student)
+
+
+def mirror_pair(head: nn.Sequential, partner: nn.Sequential, code: Tensor, mirrored: Tensor
+                ) -> Tensor:  # fmt: skip
+    """``[B, 4]``: the camera of view head ``head`` (its MLP then :class:`AzElQuat`) made
+    mirror-equivariant with ``partner`` (:meth:`PoseHeads.mirror_pair`): raw ``(a, b, e)``
+    of ``head`` on ``code [B, F]`` plus ``(a, -b, e)`` of ``partner`` on the mirrored
+    images' ``mirrored [B, F]``, the elevations averaged."""
+    keep, flip = code.new_tensor((1.0, 1.0, 0.5)), code.new_tensor((1.0, -1.0, 0.5))
+    return head[-1](head[:-1](code) * keep + partner[:-1](mirrored) * flip)

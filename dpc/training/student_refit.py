@@ -27,6 +27,7 @@ from dpc.data import prepare_images
 from dpc.eval.predictions import predict_split
 from dpc.losses import student_loss
 from dpc.models.encoder import init_he
+from dpc.models.pose import mirror_pair
 
 REFIT_LR = 1e-3  # Adam; the heads are tiny (FC 32 -> 32 -> 4 or M) and the targets fixed
 REFIT_BATCH = 256  # views per step, drawn with replacement
@@ -52,12 +53,29 @@ def check_refit(cfg) -> int:
 
 @torch.no_grad()
 def pose_codes(model, images, image_size: int, device, batch_size: int = 64) -> torch.Tensor:
-    """Pose codes ``[n, F]`` of images ``[n, H, W, 3]`` (uint8) from the frozen encoder."""
+    """Pose codes ``[n, F]`` of images ``[n, H, W, 3]`` (uint8) from the frozen encoder;
+    with ``model.pose_mirror_equivariant`` ``[n, 2F]``, each image's then its mirror's."""
     out = []
+    mirror = bool(getattr(model, "mirror_equivariant", False))
     for s in range(0, len(images), batch_size):
         x = prepare_images(images[s : s + batch_size], image_size).to(device)
-        out.append(model.encoder(x)[1].float())
+        code = model.encoder(x)[1].float()
+        out.append(torch.cat((code, model.encoder(x.flip(-1))[1].float()), 1) if mirror else code)
     return torch.cat(out)
+
+
+class MirrorStudent(torch.nn.Module):
+    """The student head on ``[n, 2F]`` codes (:func:`pose_codes`) as the model reads it
+    with ``model.pose_mirror_equivariant`` (:func:`dpc.models.pose.mirror_pair`); its only
+    parameters are the student's, so the refit re-initialises and fits just those."""
+
+    def __init__(self, student: torch.nn.Sequential):
+        super().__init__()
+        self.student = student
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        code, mirrored = codes.chunk(2, dim=1)
+        return mirror_pair(self.student, self.student, code, mirrored)
 
 
 def _fit(head, codes, loss_fn, target, steps: int, seed: int) -> tuple[float, float]:
@@ -100,6 +118,7 @@ def refit_student(
     seed: int,
     device="cpu",
     progress: bool = True,
+
 ) -> dict:
     """Refit ``model.pose_heads.student`` (and fit ``model.pose_selector``) in place (see
     the module docstring); returns ``{"views", "loss_start", "loss_end"}`` (the student
@@ -115,7 +134,11 @@ def refit_student(
     target = torch.from_numpy(pred.quat).reshape(-1, 4).to(device)
     images = reader.images("train")
     codes = pose_codes(model, images.reshape(-1, *images.shape[2:]), image_size, device)
-    start, end = _fit(model.pose_heads.student, codes, student_loss, target, steps, seed)
+    mirror = bool(getattr(model, "mirror_equivariant", False))
+    student = MirrorStudent(model.pose_heads.student) if mirror else model.pose_heads.student
+    start, end = _fit(student, codes, student_loss, target, steps, seed)
+    if mirror:
+        codes = codes.chunk(2, dim=1)[0]  # the selector reads the image's own code
     out = {"views": len(codes), "loss_start": start, "loss_end": end}
     if selector is not None:
         cands = torch.from_numpy(pred.candidates).reshape(len(codes), -1, 4).to(device)

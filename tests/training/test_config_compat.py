@@ -54,6 +54,7 @@ ADDED = {
     "model.pose_parametrization": "quaternion",  # issue 20: azimuth-elevation heads
     "model.pose_elevation_range": [-80.0, 80.0],
     "model.pc_mirror_symmetric": False,  # issue 20: a mirror-symmetric cloud is an option
+    "model.pose_mirror_equivariant": False,  # issue 20: mirror-equivariant heads (round 10)
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 

@@ -164,3 +164,43 @@ def test_ring_with_twins_puts_the_heads_on_the_front_half_and_twins_on_the_back(
     want = torch.tensor([-45.0, 45.0, -135.0, 135.0])  # heads, then their twins
     assert (torch.rad2deg(az) - want).abs().max() < 5.0
     assert torch.rad2deg(el).abs().max() < 5.0
+
+
+def test_twin_flip_known_answers():
+    """``twin_flip``: each camera (az, el) as itself, its twin (180 - az, -el), its flip
+    (az + 180, el) and the flip's twin (-az, -el), twins' elevations clamped to the range."""
+    d = math.radians
+    q = azel_quat(torch.tensor([d(30.0), d(0.0)]), torch.tensor([d(10.0), d(30.0)]))[:, None]
+    az, el = camera_azel(with_flipped_candidates(q, "twin_flip", (-20.0, 40.0)))
+    want_az = torch.tensor([[30.0, 150.0, 210.0, -30.0], [0.0, 180.0, 180.0, 0.0]])
+    want_el = torch.tensor([[10.0, -10.0, 10.0, -10.0], [30.0, -20.0, 30.0, -20.0]])
+    off = torch.remainder(torch.rad2deg(az) - want_az + 180, 360) - 180
+    assert off.abs().max() < 1e-3
+    assert torch.allclose(torch.rad2deg(el), want_el, atol=1e-3)
+
+
+def test_twin_flip_candidates_reach_the_step():
+    """One head gives 4 cameras, started on the four quarters (45, 135, -135, -45 degrees);
+    the step's winners range over all four (the test fails if the flips are dropped)."""
+    from dpc.models import build_model
+    from dpc.models.model import candidate_count
+    from dpc.render import build_renderer
+    from dpc.runs import normalize_loss_config
+    from dpc.training.step import compute_step
+
+    cfg = compose_cfg(TINY + TWIN + ["model.pose_flip_axis=twin_flip",
+                                     "model.pose_predict_num_candidates=1",
+                                     "model.pose_candidates_init=ring"])  # fmt: skip
+    model = build_model(cfg)
+    assert model.num_candidates == 4 == candidate_count(cfg)
+    az, _ = camera_azel(model(torch.rand(3, 3, 32, 32)).pose_candidates)
+    off = torch.remainder(torch.rad2deg(az) - torch.tensor([45.0, 135.0, -135.0, -45.0]) + 180,
+                          360) - 180  # fmt: skip
+    assert off.abs().max() < 5.0
+    normalize_loss_config(cfg.loss)
+    b, K, S, G = 8, 4, 32, 16
+    g = torch.Generator().manual_seed(0)
+    masks = (torch.rand(b, K, G, G, generator=g) > 0.7).float()  # a different mask per view
+    batch = {"image": torch.rand(b, K, 3, S, S, generator=g), "mask": masks}
+    out = compute_step(model, build_renderer(cfg), batch, cfg, 0, 1.0, 1.0, slice(0, b))
+    assert out.winner.max().item() >= 2  # a flip or the flip's twin won somewhere
