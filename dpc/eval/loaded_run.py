@@ -153,7 +153,7 @@ class Prediction:
     colors: torch.Tensor | None  # [B, N, 3] in [0, 1] if the model predicts colours
     scale: torch.Tensor  # [B] occupancy scale
     candidates: torch.Tensor | None  # [B, M, 4] all pose candidates (same frame as quat;
-    # 2M with model.pose_flip_candidates: each also flipped)
+    # 2M with model.pose_flip_candidates, 4M with pose_flip_axis=twin_flip)
     images: torch.Tensor  # [B, 3, S, S] the network inputs
     silhouette: torch.Tensor | None  # [B, G, G] predicted silhouette under quat
     points_model: torch.Tensor  # [B, N, 3] in the network's own frame

@@ -5,7 +5,7 @@ evaluates: ``points [n_obj, V, N, 3]`` in the model's frame, and for runs that p
 poses, ``quat [n_obj, V, 4]`` (the student head, or the only candidate; with several
 candidates and no student, the candidate whose silhouette best matches the input view's
 mask) and all ``candidates [n_obj, V, M, 4]`` (the model's candidates, as training chose
-among: with ``model.pose_flip_candidates`` the 2M of
+among: with ``model.pose_flip_candidates`` the 2M (``twin_flip``: 4M) of
 :func:`dpc.camera.with_flipped_candidates`).
 """
 
@@ -28,7 +28,7 @@ class Predictions:
     points: np.ndarray  # [n_obj, V, N, 3] model frame
     scale: np.ndarray  # [n_obj, V]
     quat: np.ndarray | None  # [n_obj, V, 4] chosen pose (None for camera-supervised runs)
-    candidates: np.ndarray | None  # [n_obj, V, M, 4] (2M with flip_candidates)
+    candidates: np.ndarray | None  # [n_obj, V, M, 4] (2M with flip_candidates, 4M twin_flip)
     object_ids: list[str]
     split: str
 

@@ -175,7 +175,8 @@ class DPCModel(nn.Module):
     @property
     def num_candidates(self) -> int:
         """How many pose candidates :meth:`forward` returns per image (the heads' count,
-        twice that with ``flip_candidates``; 1 without pose prediction, the given pose)."""
+        times :data:`dpc.camera.FLIP_FACTOR` with ``flip_candidates``; 1 without pose
+        prediction, the given pose)."""
         if self.pose_heads is None:
             return 1
         return len(self.pose_heads.candidates) * (

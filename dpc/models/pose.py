@@ -119,7 +119,7 @@ class PoseHeads(nn.Module):
                 ) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """``pose_code [B, F]`` -> ``(candidates [B, M, 4], student [B, 4] | None)``; with
         ``mirrored_code`` (the codes of the left-right mirrored images), the mirror-equivariant
-        heads of :meth:`raw_pair`."""
+        heads of :meth:`mirror_pair`."""
         if mirrored_code is not None:
             return self.mirror_pair(pose_code, mirrored_code)
         cands = torch.stack([h(pose_code) for h in self.candidates], dim=1)  # [B, M, 4]
