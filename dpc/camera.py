@@ -222,9 +222,17 @@ def twin_in_range(q: Tensor, elevation_range: tuple[float, float]) -> Tensor:
     return azel_quat(math.pi - az, (-el).clamp(lo, hi))
 
 
-FLIP_AXES = ("camera", "object", "twin", "twin_flip")
 # how many cameras each head gives with model.pose_flip_candidates, per model.pose_flip_axis
 FLIP_FACTOR = {"camera": 2, "object": 2, "twin": 2, "twin_flip": 4}
+FLIP_AXES = tuple(FLIP_FACTOR)
+
+
+def flip_factor(axis: str) -> int:
+    """:data:`FLIP_FACTOR` of ``axis`` (``model.pose_flip_axis``), with a clear error for an
+    unknown one."""
+    if axis not in FLIP_FACTOR:
+        raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {axis!r}")
+    return FLIP_FACTOR[axis]
 
 
 def flip_upright(q: Tensor) -> Tensor:
@@ -250,18 +258,17 @@ def with_flipped_candidates(
       camera ``(az, el)`` also as ``(180 - az, -el)``, ``(az + 180, el)`` and ``(-az, -el)``
       (twins' elevations clamped into ``elevation_range``).
     """
+    flip_factor(axis)  # a clear error for an unknown axis
     if axis == "camera":
         return torch.cat((q, flip_about_image_up(q)), dim=-2)
     if axis == "object":
         return torch.cat((q, flip_about_object_up(q)), dim=-2)
     if axis == "twin":
         return torch.cat((q, twin_in_range(q, elevation_range)), dim=-2)
-    if axis == "twin_flip":
-        f = flip_upright(q)
-        return torch.cat(
-            (q, twin_in_range(q, elevation_range), f, twin_in_range(f, elevation_range)), dim=-2
-        )
-    raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {axis!r}")
+    f = flip_upright(q)  # twin_flip
+    return torch.cat(
+        (q, twin_in_range(q, elevation_range), f, twin_in_range(f, elevation_range)), dim=-2
+    )
 
 
 def random_quat(n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from dpc.camera import FLIP_AXES, FLIP_FACTOR, with_flipped_candidates
+from dpc.camera import flip_factor, with_flipped_candidates
 from dpc.models.decoder import PointDecoder, ScaleHead
 from dpc.models.encoder import ImageEncoder, init_he
 from dpc.models.pose import PoseHeads, _mlp
@@ -121,8 +121,7 @@ class DPCModel(nn.Module):
         # model.pose_flip_candidates (not in the paper; docs/training.md): every candidate
         # also flipped about the camera's image-up axis, [q_1..q_M, F q_1..F q_M]
         self.flip_candidates = flip_candidates
-        if flip_axis not in FLIP_AXES:
-            raise ValueError(f"model.pose_flip_axis must be one of {FLIP_AXES}, got {flip_axis!r}")
+        flip_factor(flip_axis)  # a clear error for an unknown axis
         if twins and not (pose_parametrization == "view" and mirror_symmetric):
             # the twin is the mirror across the model's z = 0 of an upright camera: it is the
             # silhouette's twin only for upright heads and a cloud symmetric across that plane
@@ -180,7 +179,7 @@ class DPCModel(nn.Module):
         if self.pose_heads is None:
             return 1
         return len(self.pose_heads.candidates) * (
-            FLIP_FACTOR[self.flip_axis] if self.flip_candidates else 1
+            flip_factor(self.flip_axis) if self.flip_candidates else 1
         )
 
     def shape(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -217,6 +216,17 @@ class DPCModel(nn.Module):
             cands = with_flipped_candidates(cands, self.flip_axis, self.elevation_range)
         return cands, student
 
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Images ``[B, 3, S, S]`` -> ``(z [B, F], pose_code [B, F] | None, mirrored [B, F]
+        | None)``: the shape and pose codes, and with ``mirror_equivariant`` the pose codes
+        of the left-right mirrored images (one encoder pass over both)."""
+        if not self.mirror_equivariant:
+            z, pose_code = self.encoder(images)
+            return z, pose_code, None
+        z, codes = self.encoder(torch.cat((images, images.flip(-1))))  # W flipped
+        pose_code, mirrored = codes.chunk(2)
+        return z[: len(images)], pose_code, mirrored
+
     def forward(self, images: Tensor, shape_index: Tensor | None = None) -> ModelOutput:
         """Args:
             images: ``[B, 3, S, S]`` in [0, 1].
@@ -225,12 +235,7 @@ class DPCModel(nn.Module):
         Returns:
             :class:`ModelOutput`; points/scale/colors have ``B'`` rows, poses ``B``.
         """
-        mirrored = None
-        if self.mirror_equivariant:  # one pass over the images and their mirrors (W flipped)
-            z, codes = self.encoder(torch.cat((images, images.flip(-1))))
-            z, (pose_code, mirrored) = z[: len(images)], codes.chunk(2)
-        else:
-            z, pose_code = self.encoder(images)
+        z, pose_code, mirrored = self.encode(images)
         points, scale, colors = self.shape(z if shape_index is None else z[shape_index])
         cands, student = self.pose(pose_code, mirrored)
         selected, logits = None, None
@@ -298,11 +303,7 @@ def candidate_count(cfg) -> int:
         )
     if not m.predict_pose:
         return 1
-    if flip and m.pose_flip_axis not in FLIP_AXES:
-        raise ValueError(
-            f"model.pose_flip_axis must be one of {FLIP_AXES}, got {m.pose_flip_axis!r}"
-        )
-    return int(m.pose_predict_num_candidates) * (FLIP_FACTOR[m.pose_flip_axis] if flip else 1)
+    return int(m.pose_predict_num_candidates) * (flip_factor(m.pose_flip_axis) if flip else 1)
 
 
 def upgrade_legacy_checkpoint(ckpt: dict, model: DPCModel) -> dict:

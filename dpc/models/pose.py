@@ -86,6 +86,7 @@ class PoseHeads(nn.Module):
 
         self.candidates = nn.ModuleList(head() for _ in range(num_candidates))
         self.ring_azimuths: Tensor | None = None  # [M] the heads' ring starts (radians)
+        self._partners: list[int] | None = None  # mirror_partner(), worked out once
         self.student = head() if student else None
         init_he(self)
         if init == "ring":
@@ -129,7 +130,13 @@ class PoseHeads(nn.Module):
     def mirror_partner(self) -> list[int]:
         """Head ``h``'s partner under the mirror ``az -> -az``: the head whose ring start
         is nearest ``-az_h`` (``model.pose_mirror_equivariant``). Raises unless the pairing
-        is an involution (ring-started heads placed symmetrically about azimuth 0)."""
+        is an involution (ring-started heads placed symmetrically about azimuth 0). The ring
+        starts are fixed once built, so the pairing is worked out on the first call."""
+        if self._partners is None:
+            self._partners = self._pair_ring()
+        return self._partners
+
+    def _pair_ring(self) -> list[int]:
         M = len(self.candidates)
         if self.ring_azimuths is None:
             if M == 1:

@@ -56,11 +56,10 @@ def pose_codes(model, images, image_size: int, device, batch_size: int = 64) -> 
     """Pose codes ``[n, F]`` of images ``[n, H, W, 3]`` (uint8) from the frozen encoder;
     with ``model.pose_mirror_equivariant`` ``[n, 2F]``, each image's then its mirror's."""
     out = []
-    mirror = bool(getattr(model, "mirror_equivariant", False))
     for s in range(0, len(images), batch_size):
         x = prepare_images(images[s : s + batch_size], image_size).to(device)
-        code = model.encoder(x)[1].float()
-        out.append(torch.cat((code, model.encoder(x.flip(-1))[1].float()), 1) if mirror else code)
+        _, code, mirrored = model.encode(x)
+        out.append(code.float() if mirrored is None else torch.cat((code, mirrored), 1).float())
     return torch.cat(out)
 
 
@@ -118,7 +117,6 @@ def refit_student(
     seed: int,
     device="cpu",
     progress: bool = True,
-
 ) -> dict:
     """Refit ``model.pose_heads.student`` (and fit ``model.pose_selector``) in place (see
     the module docstring); returns ``{"views", "loss_start", "loss_end"}`` (the student
