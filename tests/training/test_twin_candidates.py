@@ -145,8 +145,10 @@ def test_twin_needs_upright_heads_and_a_symmetric_cloud():
     from dpc.models import build_model
 
     for drop in ("model.pc_mirror_symmetric=false", "model.pose_parametrization=quaternion"):
-        with pytest.raises(ValueError, match="model.pose_flip_axis=twin"):
+        with pytest.raises(ValueError, match="model.pose_flip_axis=twin needs"):
             build_model(compose_cfg(TINY + TWIN + [drop]))
+        with pytest.raises(ValueError, match="model.pose_flip_axis=twin_flip needs"):
+            build_model(compose_cfg(TINY + TWIN + ["model.pose_flip_axis=twin_flip", drop]))
     with pytest.raises(ValueError, match="model.pc_mirror_symmetric"):
         build_model(
             compose_cfg(TINY + ["model.pc_mirror_symmetric=true", "model.pc_num_points=101"])
