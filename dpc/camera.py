@@ -243,6 +243,14 @@ def flip_upright(q: Tensor) -> Tensor:
     return azel_quat(az + math.pi, el)
 
 
+def mirror_upright(q: Tensor) -> Tensor:
+    """``[..., 4]``: upright cameras ``q [..., 4]`` mirrored across the object's z = 0 plane,
+    ``azel_quat(-az, el)``: for an object mirror-symmetric across z = 0, the camera that
+    sees the left-right mirror image of what ``q`` sees."""
+    az, el = camera_azel(q)
+    return azel_quat(-az, el)
+
+
 def with_flipped_candidates(
     q: Tensor, axis: str = "camera", elevation_range: tuple[float, float] = (-80.0, 80.0)
 ) -> Tensor:

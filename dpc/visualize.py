@@ -32,7 +32,7 @@ from dpc.data import open_run_data, prepare_images, prepare_masks
 from dpc.eval.alignment import AlignmentResult
 from dpc.eval.metrics import align_points
 from dpc.eval.pictures import VIEWPOINTS, grid_image, render_cloud_views
-from dpc.eval.predictions import read_pose_with_silhouette
+from dpc.eval.predictions import read_pose, reads_pose_with_masks
 from dpc.eval.score import load_gt
 from dpc.render import build_renderer, final_sigma
 from dpc.runs import open_run
@@ -130,9 +130,8 @@ def run(o: DictConfig) -> list[Path]:
                 qs.append((pred.pose_student[0], "student"))
             if pred.pose_selected is not None:
                 qs.append((pred.pose_selected[0], "selector"))
-            w = float(getattr(model, "pose_silhouette_weight", 0.0))
-            if pred.selector_logits is not None and w > 0:  # model.pose_silhouette_weight
-                q, k = read_pose_with_silhouette(pred, m_gt[None].to(device), renderer, sigma, w)
+            if pred.selector_logits is not None and reads_pose_with_masks(model):
+                q, k = read_pose(model, x, pred, m_gt[None].to(device), renderer, sigma)
                 qs.append((q[0], f"pose (cand {int(k[0])})"))
         else:
             qs = [(torch.from_numpy(np.array(quats[i, v], np.float32)), "GT pose")]

@@ -229,17 +229,16 @@ class LoadedRun:
         """Everything predicted for ``images`` (see :class:`Prediction`)."""
         from dpc.camera import quat_conj, quat_mul, quat_rotate
         from dpc.data.images import resize_masks
-        from dpc.eval.predictions import read_pose_with_silhouette, silhouette_errors
+        from dpc.eval.predictions import read_pose, reads_pose_with_masks, silhouette_errors
 
         x = self.prepare(images).to(self.device)
         out = self.model(x)
         B = x.shape[0]
         q_model, cands = None, out.pose_candidates  # [B, M, 4] as training chose among
         if cands is not None:
-            w = float(getattr(self.model, "pose_silhouette_weight", 0.0))
-            if out.selector_logits is not None and w > 0:  # model.pose_silhouette_weight
+            if out.selector_logits is not None and reads_pose_with_masks(self.model):
                 m = resize_masks(foreground_mask(x), self.renderer.settings.vox_size)
-                q_model, _ = read_pose_with_silhouette(out, m, self.renderer, self.sigma, w)
+                q_model, _ = read_pose(self.model, x, out, m, self.renderer, self.sigma)
             elif out.pose is not None:  # the selector's pick, or the student
                 q_model = out.pose
             elif cands.shape[1] == 1:

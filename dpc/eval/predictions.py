@@ -114,19 +114,63 @@ def selector_with_silhouette(logits, errors, weight: float) -> torch.Tensor:
     flip, not always the same ones, and the sum gets more right (RESULTS.md "Round 6").
     Dividing by the view's own best error makes the weight independent of the mask's size
     and of the data set; a single image decides, as for the selector."""
+    return selector_silhouette_scores(logits, errors, weight).argmax(1)
+
+
+def selector_silhouette_scores(logits, errors, weight: float) -> torch.Tensor:
+    """``[B, M]``: the scores :func:`selector_with_silhouette` maximises."""
     rel = errors / errors.min(1, keepdim=True).values.clamp_min(1e-12)
-    score = torch.log_softmax(logits.to(errors), 1) - float(weight) * (rel - 1.0)
-    return score.argmax(1)
+    return torch.log_softmax(logits.to(errors), 1) - float(weight) * (rel - 1.0)
 
 
-def read_pose_with_silhouette(out, masks, renderer, sigma, weight: float):
+def mirror_match(cands, mirrored_cands) -> torch.Tensor:
+    """``[B, M]``: for each candidate of ``cands [B, M, 4]``, the index of the candidate of
+    the mirrored input (``mirrored_cands [B, M, 4]``) nearest its mirror ``(-az, el)``
+    (:func:`dpc.camera.mirror_upright`)."""
+    from dpc.camera import mirror_upright, quat_angle
+
+    want = mirror_upright(cands.double())
+    return quat_angle(mirrored_cands.double()[:, None], want[:, :, None]).argmin(-1)
+
+
+def read_pose_with_silhouette(out, masks, renderer, sigma, weight: float, mirrored=None):
     """The pose a model with ``model.pose_silhouette_weight`` reads, from its output ``out``
     (:class:`dpc.models.ModelOutput` with fitted selector logits) and the views' masks
-    ``masks [B, G, G]`` (float, at the renderer's grid): ``(quat [B, 4], index [B])``."""
+    ``masks [B, G, G]`` (float, at the renderer's grid): ``(quat [B, 4], index [B])``.
+
+    ``mirrored`` (``model.pose_mirror_readout``): the model's output on the images
+    mirrored left to right. The mirrored image of a left-right symmetric object seen from
+    ``(az, el)`` is the view from ``(-az, el)``, so each candidate's score adds the
+    mirrored input's score (against the mirrored masks) of its candidate nearest that
+    mirror (:func:`mirror_match`)."""
     cands = out.pose_candidates
     err = silhouette_errors(out.points, out.scale, cands, masks, renderer, sigma)
-    k = selector_with_silhouette(out.selector_logits, err, weight)
+    score = selector_silhouette_scores(out.selector_logits, err, weight)
+    if mirrored is not None:
+        mc = mirrored.pose_candidates
+        err = silhouette_errors(mirrored.points, mirrored.scale, mc, masks.flip(-1), renderer,
+                                sigma)  # fmt: skip
+        mscore = selector_silhouette_scores(mirrored.selector_logits, err, weight)
+        score = score + mscore.gather(1, mirror_match(cands, mc))
+    k = score.argmax(1)
     return cands[torch.arange(len(k), device=k.device), k], k
+
+
+def reads_pose_with_masks(model) -> bool:
+    """Whether a model with a fitted selector reads its pose with :func:`read_pose` (from the
+    input's mask too): ``model.pose_silhouette_weight`` > 0 or ``model.pose_mirror_readout``."""
+    return float(getattr(model, "pose_silhouette_weight", 0.0)) > 0 or bool(
+        getattr(model, "pose_mirror_readout", False)
+    )
+
+
+def read_pose(model, x, out, masks, renderer, sigma):
+    """:func:`read_pose_with_silhouette` with the model's own read-out settings, for its
+    output ``out`` on images ``x [B, 3, S, S]``: ``model.pose_silhouette_weight``, and with
+    ``model.pose_mirror_readout`` the model run again on ``x`` mirrored left to right."""
+    mirrored = model(x.flip(-1)) if getattr(model, "pose_mirror_readout", False) else None
+    w = float(getattr(model, "pose_silhouette_weight", 0.0))
+    return read_pose_with_silhouette(out, masks, renderer, sigma, w, mirrored)
 
 
 def _best_candidate(pts, scale, cands, masks_u8, renderer, sigma) -> torch.Tensor:
@@ -228,12 +272,13 @@ def predict_split(
         if out.pose_candidates is not None:
             cand = out.pose_candidates  # flips included (model.pose_flip_candidates)
             cands.append(cand.float().cpu())
-            w = float(getattr(model, "pose_silhouette_weight", 0.0))
-            if out.selector_logits is not None and w > 0 and pose_from == "student":
+            with_masks = reads_pose_with_masks(model)
+            if out.selector_logits is not None and with_masks and pose_from == "student":
                 if renderer is None:
-                    raise ValueError("model.pose_silhouette_weight > 0: pass a renderer")
+                    raise ValueError("model.pose_silhouette_weight > 0 or "
+                                     "model.pose_mirror_readout: pass a renderer")  # fmt: skip
                 m = prepare_masks(masks[o, v], renderer.settings.vox_size).to(device)
-                q, _ = read_pose_with_silhouette(out, m, renderer, sigma, w)
+                q, _ = read_pose(model, x, out, m, renderer, sigma)
             elif out.pose is not None and pose_from == "student":
                 q = out.pose  # the fitted selector's pick (model.pose_selector), or the student
             elif cand.shape[1] == 1:

@@ -72,6 +72,7 @@ class DPCModel(nn.Module):
         elevation_range: tuple[float, float] = (-80.0, 80.0),
         mirror_symmetric: bool = False,
         mirror_equivariant: bool = False,
+        mirror_readout: bool = False,
     ):
         super().__init__()
         # model.pc_mirror_symmetric (not in the paper): the decoder predicts half the points
@@ -166,6 +167,16 @@ class DPCModel(nn.Module):
                 "the selector's choice against the candidates' silhouettes)"
             )
         self.pose_silhouette_weight = w
+        # model.pose_mirror_readout (not in the paper): the pose is read from the image and
+        # its left-right mirror together (dpc.eval.predictions.read_pose); the mirror of an
+        # upright camera across the model's z = 0 needs the view heads and the symmetric cloud
+        if mirror_readout and not (selector and pose_parametrization == "view"
+                                   and mirror_symmetric):  # fmt: skip
+            raise ValueError(
+                "model.pose_mirror_readout needs model.pose_selector=true, "
+                "model.pose_parametrization=view and model.pc_mirror_symmetric=true"
+            )
+        self.pose_mirror_readout = bool(mirror_readout)
 
     @property
     def predict_pose(self) -> bool:
@@ -275,6 +286,7 @@ CONFIG_KEYS = {
     "selector": "pose_selector",
     "silhouette_weight": "pose_silhouette_weight",
     "mirror_equivariant": "pose_mirror_equivariant",
+    "mirror_readout": "pose_mirror_readout",
     "pose_parametrization": "pose_parametrization",
     "elevation_range": "pose_elevation_range",
     "mirror_symmetric": "pc_mirror_symmetric",

@@ -55,6 +55,7 @@ ADDED = {
     "model.pose_elevation_range": [-80.0, 80.0],
     "model.pc_mirror_symmetric": False,  # issue 20: a mirror-symmetric cloud is an option
     "model.pose_mirror_equivariant": False,  # issue 20: mirror-equivariant heads (round 10)
+    "model.pose_mirror_readout": False,  # issue 20: the pose read with the mirror (round 11)
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
