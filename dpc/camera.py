@@ -251,6 +251,22 @@ def mirror_upright(q: Tensor) -> Tensor:
     return azel_quat(-az, el)
 
 
+# reflections: the object frame's z (the built-in data sets' left-right axis) and the
+# camera frame's right axis (rows of quat_to_matrix: depth, up, right)
+_MIRROR_Z = (1.0, 1.0, -1.0)
+
+
+def mirror_camera(q: Tensor) -> Tensor:
+    """``[..., 4]`` (unit norm): cameras ``q [..., 4]`` (any roll) reflected across the
+    object frame's z = 0 plane, image right reversed so the frame stays a rotation,
+    ``D R(q) D`` with ``D = diag(1, 1, -1)``. An object mirror-symmetric across z = 0 seen
+    from the result looks like the image from ``q`` mirrored left to right (the image's
+    last axis); for upright cameras it is :func:`mirror_upright`."""
+    d = q.new_tensor(_MIRROR_Z)
+    R = quat_to_matrix(quat_normalize(q)) * d[:, None] * d  # D R D
+    return matrix_to_quat(R).to(q.dtype)
+
+
 def with_flipped_candidates(
     q: Tensor, axis: str = "camera", elevation_range: tuple[float, float] = (-80.0, 80.0)
 ) -> Tensor:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dpc.camera import mirror_camera
 from dpc.data.images import mask_distance_maps, prepare_images, prepare_masks, resize_masks
 
 
@@ -54,6 +55,7 @@ def build_batch_sampler(
         with_mask_distance="mask_distance" in targets,
         with_inner_distance="mask_inner_distance" in targets,
         with_full_res="full_res" in targets,
+        mirror=bool(cfg.trainer.get("mirror_augment", False)),
     )
 
 
@@ -69,6 +71,8 @@ class BatchSampler:
         mask_size: renderer grid G (masks resized with :func:`dpc.data.images.resize_masks`).
         seed: base seed.
         rank, world_size: this process takes objects ``[rank*B/W, (rank+1)*B/W)``.
+        mirror: ``trainer.mirror_augment`` (not in the paper): each object of a step is,
+            with probability 1/2, seen in the mirror (:meth:`mirrored`).
     """
 
     def __init__(
@@ -86,7 +90,9 @@ class BatchSampler:
         with_mask_distance: bool = False,
         with_inner_distance: bool = False,
         with_full_res: bool = False,
+        mirror: bool = False,
     ):
+        self.mirror = mirror
         self.with_mask_distance = with_mask_distance
         self.with_inner_distance = with_inner_distance
         self.with_full_res = with_full_res
@@ -133,6 +139,17 @@ class BatchSampler:
         views = np.argsort(rng.random((self.B, self.V)), axis=1)[:, : self.K]
         return objs, views
 
+    def mirrored(self, step: int) -> np.ndarray:
+        """Global ``[B]`` bool: the objects of ``step`` seen in the left-right mirror (all
+        False without ``mirror``). A mirrored object has every view's image, mask and depth
+        map flipped along the image's width and its cameras reflected
+        (:func:`dpc.camera.mirror_camera`): for an object mirror-symmetric across its z =
+        0 plane, the same object seen from the reflected cameras, so the views stay
+        consistent with each other and with one shape."""
+        if not self.mirror:
+            return np.zeros(self.B, dtype=bool)
+        return np.random.default_rng([self.seed, 3, step]).random(self.B) < 0.5
+
     def views_of(self, obj: int, views: np.ndarray) -> dict[str, Tensor]:
         """Object ``obj`` seen from ``views`` ``[K]``: ``image [K, 3, s, s]``,
         ``mask [K, G, G]``, ``quat [K, 4]`` (prepared as in :meth:`__call__`)."""
@@ -148,33 +165,42 @@ class BatchSampler:
         and ``mask_inner_distance [b, K, G, G]`` (if asked; see
         :func:`dpc.data.images.mask_distance_maps`), ``depth_full`` / ``mask_full``
         ``[b, K, S, S]`` at the data set's resolution (if asked), ``object_index [b]``,
-        ``view_index [b, K]``, ``step`` (b = B / world size)."""
+        ``view_index [b, K]``, ``mirrored [b]`` (:meth:`mirrored`) (b = B / world size)."""
         objs, views = self.indices(step)
         b = self.B // self.world
-        objs, views = (
-            objs[self.rank * b : (self.rank + 1) * b],
-            views[self.rank * b : (self.rank + 1) * b],
-        )
+        rows = slice(self.rank * b, (self.rank + 1) * b)
+        objs, views, mirrored = objs[rows], views[rows], self.mirrored(step)[rows]
+        flip = torch.from_numpy(np.repeat(mirrored, self.K))  # [b*K] per view
+
+        def mirror(x: Tensor) -> Tensor:  # [b*K, ..., W]: the mirrored objects' views flipped
+            return torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+
         o = objs[:, None]
         img = prepare_images(
             self.images[o, views].reshape(-1, *self.images.shape[2:]), self.image_size
         )
-        img = img.view(b, self.K, *img.shape[1:])
+        img = mirror(img).view(b, self.K, *img.shape[1:])
         # [b*K, S, S] at the dataset's resolution (the distance maps are made from it)
         masks = self.masks[o, views]
-        full_mask = prepare_masks(masks.reshape(-1, *masks.shape[2:]), masks.shape[-1])
+        full_mask = mirror(prepare_masks(masks.reshape(-1, *masks.shape[2:]), masks.shape[-1]))
         mask = resize_masks(full_mask, self.mask_size).view(
             b, self.K, self.mask_size, self.mask_size
         )
+        quat = torch.from_numpy(np.ascontiguousarray(self.quats[o, views])).float()
+        if mirrored.any():
+            m = torch.from_numpy(mirrored)
+            quat[m] = mirror_camera(quat[m])
         out = {
             "image": img.contiguous(),
             "mask": mask.contiguous(),
-            "quat": torch.from_numpy(np.ascontiguousarray(self.quats[o, views])).float(),
+            "quat": quat,
             "object_index": torch.from_numpy(objs),
             "view_index": torch.from_numpy(views),
+            "mirrored": torch.from_numpy(mirrored),
         }
         if self.depths is not None:
             dep = torch.from_numpy(np.ascontiguousarray(self.depths[o, views])).float()
+            dep = mirror(dep.flatten(0, 1)).view_as(dep)
             out["depth"] = resize_masks(dep.flatten(0, 1), self.mask_size).view_as(mask)
             if self.with_full_res:  # the data set's own resolution, for the surface terms
                 out["depth_full"] = dep.contiguous()

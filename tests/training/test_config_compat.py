@@ -56,6 +56,7 @@ ADDED = {
     "model.pc_mirror_symmetric": False,  # issue 20: a mirror-symmetric cloud is an option
     "model.pose_mirror_equivariant": False,  # issue 20: mirror-equivariant heads (round 10)
     "model.pose_mirror_readout": False,  # issue 20: the pose read with the mirror (round 11)
+    "trainer.mirror_augment": False,  # issue 20: mirrored objects in the batches (round 11)
 }
 NAMES = sorted(p.stem for p in RESOLVED.glob("*.yaml"))
 
