@@ -79,7 +79,12 @@ def train(cfg: DictConfig) -> dict:
 
     reader = open_data(cfg, is_main, world)
     sampler = build_batch_sampler(
-        cfg, reader, rank=rank, world_size=world, targets=batch_targets(cfg)
+        cfg,
+        reader,
+        rank=rank,
+        world_size=world,
+        targets=batch_targets(cfg),
+        mirror=bool(tr.get("mirror_augment", False)),  # trainer.mirror_augment
     )
     b = int(tr.batch_size) // world
     rank_slice = slice(rank * b, (rank + 1) * b)

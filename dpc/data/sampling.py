@@ -34,13 +34,16 @@ def build_batch_sampler(
     rank: int = 0,
     world_size: int = 1,
     targets: Collection[str] = (),
+    mirror: bool = False,
 ) -> BatchSampler:
     """The :class:`BatchSampler` of a training config: ``data.split``,
     ``trainer.batch_size``, ``data.views_per_item``, ``seed`` unless given; network input
     ``data.image_size`` and mask grid ``render.vox_size`` always from ``cfg``; the extra
     maps named in ``targets`` (what the loss terms read,
     :func:`dpc.training.terms.batch_targets`): ``depth``, ``mask_distance``,
-    ``mask_inner_distance``, ``full_res`` (depth and mask at the data set's resolution)."""
+    ``mask_inner_distance``, ``full_res`` (depth and mask at the data set's resolution);
+    ``mirror``: mirrored objects (:meth:`BatchSampler.mirrored`; the training loop passes
+    ``trainer.mirror_augment``, validation batches are never mirrored)."""
     return BatchSampler(
         reader,
         str(cfg.data.split) if split is None else split,
@@ -55,7 +58,7 @@ def build_batch_sampler(
         with_mask_distance="mask_distance" in targets,
         with_inner_distance="mask_inner_distance" in targets,
         with_full_res="full_res" in targets,
-        mirror=bool(cfg.trainer.get("mirror_augment", False)),
+        mirror=mirror,
     )
 
 

@@ -176,7 +176,8 @@ def pose_figures(q_pred, q_gt, q_align, threshold_deg: float = ACCURACY_DEG) -> 
     """Pose figures of per-view poses ``[..., 4]`` under the global rotation ``q_align``
     [4] (model frame -> GT frame): ``accuracy``, ``median_deg``, ``flipped_share``,
     ``accuracy_up_to_flip``, ``median_up_to_flip_deg``, ``twin_share``,
-    ``accuracy_up_to_twin``, ``num_views``, and the per-view ``errors_deg`` /
+    ``accuracy_up_to_twin``, ``num_views``, for poses ``[n, V, 4]`` also
+    :func:`turned_objects`' figures, and the per-view ``errors_deg`` /
     ``errors_up_to_flip_deg`` (numpy, not JSON-ready)."""
     c, ok = relative_rotations(q_pred, q_gt)
     if len(c) == 0:
@@ -202,8 +203,35 @@ def pose_figures(q_pred, q_gt, q_align, threshold_deg: float = ACCURACY_DEG) -> 
         "twin_share": float(np.mean(err_twin < threshold_deg)),
         "accuracy_up_to_twin": float(np.mean(np.minimum(err, err_twin) < threshold_deg)),
         "num_views": len(c),
+        **turned_objects(np.shape(q_pred), ok, err, err_flip, threshold_deg),
         "errors_deg": err,
         "errors_up_to_flip_deg": best,
+    }
+
+
+def turned_objects(shape, ok, err, err_flip, threshold_deg: float = ACCURACY_DEG) -> dict:
+    """Objects seen turned front to back as a whole, for poses of shape ``[n, V, 4]``
+    (``{}`` for any other shape): ``turned_object_indices`` (objects more than half of whose
+    usable views lie within the threshold of the flip), ``num_objects`` and
+    ``accuracy_other_objects`` (the accuracy over the other objects' views, None if none).
+
+    Why: a cloud turned about the vertical with every camera turned along renders the same
+    silhouettes, so silhouettes cannot tell whether a whole object is turned; only what the
+    network shares across objects sets its front (RESULTS.md "Round 11": two test airplanes
+    on every seed). ``ok [n V]`` marks the usable views; ``err``, ``err_flip`` ``[K]``
+    (degrees, usable views only) are the errors to the truth and to its flip."""
+    if len(shape) != 3:
+        return {}
+    n = int(shape[0])
+    obj = np.repeat(np.arange(n), int(shape[1]))[np.asarray(ok)]
+    views = np.bincount(obj, minlength=n)
+    on_flip = np.bincount(obj, weights=(err_flip < threshold_deg).astype(float), minlength=n)
+    turned = (views > 0) & (on_flip > 0.5 * views)
+    rest = ~turned[obj]
+    return {
+        "turned_object_indices": [int(i) for i in np.nonzero(turned)[0]],
+        "num_objects": int((views > 0).sum()),
+        "accuracy_other_objects": float(np.mean(err[rest] < threshold_deg)) if rest.any() else None,
     }
 
 
@@ -327,6 +355,16 @@ def summary_lines(rep: dict) -> list[str]:
                 f"  flipped {p['flipped_share']:.3f}"
                 f"  | up to its silhouette twin {p['accuracy_up_to_twin']:.3f}"
             )
+    p = rep.get("paper", rep["robust"])
+    if "turned_object_indices" in p:
+        name = "paper" if "paper" in rep else "robust"
+        other = p["accuracy_other_objects"]
+        lines.append(
+            f"  turned      {len(p['turned_object_indices'])} of {p['num_objects']} objects "
+            f"seen turned front to back as a whole ({name} alignment; most views on the flip, "
+            "which silhouettes cannot tell from the truth)"
+            + (f"; acc@30 on the other objects {other:.3f}" if other is not None else "")
+        )
     a = rep["ambiguity"]
     lines.append(
         f"  modes       {a['support']} vs {a['second_support']} of {a['num_views']} fit views"

@@ -232,3 +232,37 @@ def test_wandb_histograms_show_the_flip_peak():
     counts = np.asarray(hist.histogram)
     assert counts.sum() == 100 and counts[0] == (~flip).sum() and counts[-1] == flip.sum()
     assert "errors_deg" not in pose_report(qp, qg, qp, qg, warn=False)["robust"]
+
+
+def test_objects_seen_turned_as_a_whole_are_counted():
+    """Known answer: object 2 of 5 has 5 of its 6 views turned front to back, object 4 has 3
+    of 6 (not more than half: not turned), the rest none; the accuracy of the other objects
+    counts every view but object 2's."""
+    g = torch.Generator().manual_seed(4)
+    n, V = 5, 6
+    q_gt = random_quat(n * V, g, torch.float64).view(n, V, 4)
+    turned = torch.zeros(n, V, dtype=torch.bool)
+    turned[2, :5] = True
+    turned[4, :3] = True
+    F = torch.where(turned[..., None], F_TEST.expand(n, V, 4), torch.tensor([1.0, 0, 0, 0]))
+    noise = _noise(n * V, 3.0, g).view(n, V, 4)
+    q_pred = quat_mul(quat_mul(q_gt, noise), quat_mul(F, Q_A.expand(n, V, 4)))
+    fig = pose_figures(q_pred.numpy(), q_gt.numpy(), Q_A.numpy())
+    assert fig["turned_object_indices"] == [2] and fig["num_objects"] == n
+    # views right outside object 2: 4 objects x 6 views, less object 4's 3 turned views
+    assert fig["accuracy_other_objects"] == pytest.approx(21 / 24)
+    assert fig["accuracy"] == pytest.approx((21 + 1) / 30)
+    # a missing pose is skipped, not counted against its object
+    q_miss = q_pred.numpy().copy()
+    q_miss[2, 0] = np.nan
+    assert pose_figures(q_miss, q_gt.numpy(), Q_A.numpy())["turned_object_indices"] == [2]
+    # without an object axis there is nothing to count
+    flat = pose_figures(q_pred.view(-1, 4).numpy(), q_gt.view(-1, 4).numpy(), Q_A.numpy())
+    assert "turned_object_indices" not in flat
+    # the evaluation's summary says it in one line
+    from dpc.eval.pose_report import summary_lines
+
+    rep = pose_report(q_pred.numpy(), q_gt.numpy(), q_pred.numpy(), q_gt.numpy(),
+                      Q_A.numpy(), warn=False)  # fmt: skip
+    (line,) = [ln for ln in summary_lines(rep) if ln.lstrip().startswith("turned")]
+    assert "1 of 5 objects" in line and "0.875" in line

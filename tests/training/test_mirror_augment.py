@@ -76,16 +76,22 @@ def test_mirrored_objects_have_every_view_flipped_and_their_cameras_reflected():
 
 
 def test_the_draw_is_a_function_of_seed_and_step_and_splits_across_ranks():
-    over = ["trainer.mirror_augment=true"]
-    a, b = _batches(over, 7), _batches(over, 7)
+    a, b = _batches([], 7, mirror=True), _batches([], 7, mirror=True)
     assert torch.equal(a["mirrored"], b["mirrored"]) and torch.equal(a["image"], b["image"])
-    halves = [_batches(over, 7, rank=r, world_size=2) for r in (0, 1)]
+    halves = [_batches([], 7, rank=r, world_size=2, mirror=True) for r in (0, 1)]
     assert torch.equal(torch.cat([h["mirrored"] for h in halves]), a["mirrored"])
     assert torch.equal(torch.cat([h["image"] for h in halves]), a["image"])
-    cfg = compose_cfg(TINY + over)
-    s = build_batch_sampler(cfg, open_training_data(cfg))
+    cfg = compose_cfg(TINY)
+    s = build_batch_sampler(cfg, open_training_data(cfg), mirror=True)
     share = np.mean([s.mirrored(step).mean() for step in range(200)])
     assert 0.4 < share < 0.6
+
+
+def test_only_the_training_loop_mirrors():
+    """The key reaches the sampler through the training loop (below); other batches (the
+    validation's projection loss, the shape refit) are never mirrored."""
+    got = _batches(["trainer.mirror_augment=true"], 7)
+    assert not got["mirrored"].any()
 
 
 def test_training_reads_mirrored_batches(tmp_path, monkeypatch):
