@@ -381,7 +381,9 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     ``pose_accuracy_up_to_flip``, ``pose_flipped_share`` (under the robust alignment: the
     majority mode, so they do not depend on which mode the paper's alignment picked),
     ``alignment_ambiguous`` (0/1), ``alignment_mode_ratio``, ``alignment_fit_views``,
-    ``alignment_paper_vs_robust_deg``."""
+    ``alignment_paper_vs_robust_deg``; for poses per object ``pose_turned_objects``,
+    ``pose_num_objects`` and ``pose_accuracy_other_objects`` (:func:`turned_objects`, under
+    the paper's alignment when there is one)."""
     base = rep["robust"]
     out = {
         "pose_accuracy_robust": rep["robust"]["accuracy"],
@@ -395,6 +397,11 @@ def scalars(rep: dict, prefix: str = "val/") -> dict[str, float]:
     }
     if "paper_vs_robust_deg" in rep:
         out["alignment_paper_vs_robust_deg"] = rep["paper_vs_robust_deg"]
+    p = rep.get("paper", rep["robust"])
+    if "turned_object_indices" in p:
+        out["pose_turned_objects"] = len(p["turned_object_indices"])
+        out["pose_num_objects"] = p["num_objects"]
+        out["pose_accuracy_other_objects"] = p["accuracy_other_objects"]
     return {prefix + k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 

@@ -279,8 +279,9 @@ def mean_shape_chamfer(
 
 
 def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
-    """The lines a newcomer reads at each validation (pose, shape, alignment; and the pose
-    of the candidates chosen by silhouette when there are several), from
+    """The lines a newcomer reads at each validation (pose, shape, alignment; the objects
+    seen turned as a whole when there are some; and the pose of the candidates chosen by
+    silhouette when there are several), from
     :func:`scalars` of a validation (``initial``: the untrained network's, for the shape
     line). Camera-supervised runs get the shape line only."""
     m, lines = metrics, []
@@ -295,6 +296,8 @@ def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
         lines.append(
             f"pose   acc@30 {m['pose_accuracy']:.2f} (median {m['pose_median_deg']:.0f} deg)"
         )
+    if m.get("pose_turned_objects"):
+        lines.append(turned_line(m))
     if "pose_accuracy_silhouette" in m:
         lines.append(
             f"pose*  acc@30 {m['pose_accuracy_silhouette']:.2f} flip-robust (median "
@@ -317,6 +320,19 @@ def summary_lines(metrics: dict, initial: dict | None = None) -> list[str]:
     if "alignment_mode_ratio" in m:
         lines.append(alignment_line(m))
     return lines
+
+
+def turned_line(m: dict) -> str:
+    """Objects seen turned front to back as a whole, in one line (only when there are some:
+    :func:`dpc.eval.pose_report.turned_objects`)."""
+    line = (
+        f"turned {int(m['pose_turned_objects'])} of {int(m['pose_num_objects'])} objects "
+        "seen front to back as a whole (most views on the flip: the cloud turned with every "
+        "camera renders the same silhouettes)"
+    )
+    if m.get("pose_accuracy_other_objects") is not None:
+        line += f"; acc@30 on the other objects {m['pose_accuracy_other_objects']:.2f}"
+    return line
 
 
 def alignment_line(m: dict) -> str:

@@ -199,5 +199,12 @@ def test_summary_lines_say_why_a_paper_accuracy_is_low():
     lines = summary_lines({**m, **sil})
     assert len(lines) == 4 and lines[1].startswith("pose*  acc@30 0.78 flip-robust")
     assert "0.99 up to a flip" in lines[1] and "not the paper's" in lines[1]
+    # objects seen turned as a whole: a line after the pose, only when there are some
+    turned = {"pose_turned_objects": 2.0, "pose_num_objects": 12.0,
+              "pose_accuracy_other_objects": 0.71}  # fmt: skip
+    lines = summary_lines({**m, **turned})
+    assert len(lines) == 4 and lines[1].startswith("turned 2 of 12 objects")
+    assert "acc@30 on the other objects 0.71" in lines[1]
+    assert len(summary_lines({**m, **turned, "pose_turned_objects": 0.0})) == 3
     # camera supervision: the shape line only, in the ground-truth frame
     assert summary_lines({"chamfer": 4.5}) == ["shape  Chamfer x100 4.50 (ground-truth frame)"]
