@@ -266,3 +266,9 @@ def test_objects_seen_turned_as_a_whole_are_counted():
                       Q_A.numpy(), warn=False)  # fmt: skip
     (line,) = [ln for ln in summary_lines(rep) if ln.lstrip().startswith("turned")]
     assert "1 of 5 objects" in line and "0.875" in line
+    # and validation logs it (the paper's alignment's figures)
+    from dpc.eval.pose_report import scalars
+
+    sc = scalars(rep)
+    assert sc["val/pose_turned_objects"] == 1 and sc["val/pose_num_objects"] == n
+    assert sc["val/pose_accuracy_other_objects"] == pytest.approx(21 / 24)
