@@ -243,14 +243,6 @@ def flip_upright(q: Tensor) -> Tensor:
     return azel_quat(az + math.pi, el)
 
 
-def mirror_upright(q: Tensor) -> Tensor:
-    """``[..., 4]``: upright cameras ``q [..., 4]`` mirrored across the object's z = 0 plane,
-    ``azel_quat(-az, el)``: for an object mirror-symmetric across z = 0, the camera that
-    sees the left-right mirror image of what ``q`` sees."""
-    az, el = camera_azel(q)
-    return azel_quat(-az, el)
-
-
 # reflections: the object frame's z (the built-in data sets' left-right axis) and the
 # camera frame's right axis (rows of quat_to_matrix: depth, up, right)
 _MIRROR_Z = (1.0, 1.0, -1.0)
@@ -261,7 +253,7 @@ def mirror_camera(q: Tensor) -> Tensor:
     object frame's z = 0 plane, image right reversed so the frame stays a rotation,
     ``D R(q) D`` with ``D = diag(1, 1, -1)``. An object mirror-symmetric across z = 0 seen
     from the result looks like the image from ``q`` mirrored left to right (the image's
-    last axis); for upright cameras it is :func:`mirror_upright`."""
+    last axis); for upright cameras ``azel_quat(az, el)`` it is ``azel_quat(-az, el)``."""
     d = q.new_tensor(_MIRROR_Z)
     R = quat_to_matrix(quat_normalize(q)) * d[:, None] * d  # D R D
     return matrix_to_quat(R).to(q.dtype)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpc.camera import azel_quat, camera_azel, quat_angle
+from dpc.camera import quat_angle
 from dpc.data import prepare_images, prepare_masks
 from dpc.eval.metrics import aligned_pose
-from dpc.eval.predictions import silhouette_errors
+from dpc.eval.predictions import mirror_match, silhouette_errors
 from dpc.render import build_renderer
 from dpc.runs import open_run
 from dpc.training.loop import open_data
@@ -64,9 +64,7 @@ def main(argv: list[str]) -> None:
         x, m = prepare_images(imgs[s : s + 32], size), prepare_masks(masks[s : s + 32], G)
         c, ls, rel = scores(model, x, m, renderer, sigma)
         c2, ls2, rel2 = scores(model, x.flip(-1), m.flip(-1), renderer, sigma)
-        az, el = camera_azel(c.double())
-        mirrored = azel_quat(-az, el)  # [B, M, 4] each candidate's mirror
-        j = quat_angle(c2.double()[:, None], mirrored[:, :, None]).argmin(-1)  # [B, M]
+        j = mirror_match(c, c2)  # [B, M] the mirrored input's candidate for each
         ls2, rel2 = ls2.gather(1, j), rel2.gather(1, j)
         both, both2 = ls - w * (rel - 1), ls2 - w * (rel2 - 1)
         reads = {"selector": ls, "selector + mirror": ls + ls2, "silhouettes": -rel,

@@ -126,10 +126,10 @@ def selector_silhouette_scores(logits, errors, weight: float) -> torch.Tensor:
 def mirror_match(cands, mirrored_cands) -> torch.Tensor:
     """``[B, M]``: for each candidate of ``cands [B, M, 4]``, the index of the candidate of
     the mirrored input (``mirrored_cands [B, M, 4]``) nearest its mirror ``(-az, el)``
-    (:func:`dpc.camera.mirror_upright`)."""
-    from dpc.camera import mirror_upright, quat_angle
+    (:func:`dpc.camera.mirror_camera`)."""
+    from dpc.camera import mirror_camera, quat_angle
 
-    want = mirror_upright(cands.double())
+    want = mirror_camera(cands.double())
     return quat_angle(mirrored_cands.double()[:, None], want[:, :, None]).argmin(-1)
 
 

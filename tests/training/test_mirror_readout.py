@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_testutils import TINY, compose_cfg
 
-from dpc.camera import azel_quat, camera_azel, mirror_upright, quat_angle
+from dpc.camera import azel_quat, camera_azel, mirror_camera, quat_angle
 from dpc.data import open_training_data, prepare_images, prepare_masks
 from dpc.eval.predictions import (
     mirror_match,
@@ -31,8 +31,8 @@ VIEW = [
 D = math.radians
 
 
-def test_mirror_upright_known_answer():
-    az, el = camera_azel(mirror_upright(azel_quat(torch.tensor([D(30.0), D(-100.0)]),
+def test_mirror_camera_known_answer_for_upright_cameras():
+    az, el = camera_azel(mirror_camera(azel_quat(torch.tensor([D(30.0), D(-100.0)]),
                                                   torch.tensor([D(10.0), D(-15.0)]))))  # fmt: skip
     assert torch.allclose(torch.rad2deg(az), torch.tensor([-30.0, 100.0]), atol=1e-3)
     assert torch.allclose(torch.rad2deg(el), torch.tensor([10.0, -15.0]), atol=1e-3)
@@ -40,7 +40,7 @@ def test_mirror_upright_known_answer():
 
 def test_a_symmetric_cloud_seen_from_the_mirrored_camera_is_the_mirrored_image():
     """What the read-out rests on: for a cloud symmetric across z = 0, the render at
-    ``mirror_upright(q)`` is the render at ``q`` flipped along the image's last axis (the
+    ``mirror_camera(q)`` is the render at ``q`` flipped along the image's last axis (the
     axis the read-out flips the images and masks along)."""
     cfg = compose_cfg(TINY)
     renderer = build_renderer(cfg)
@@ -50,7 +50,7 @@ def test_a_symmetric_cloud_seen_from_the_mirrored_camera_is_the_mirrored_image()
     pts = torch.cat((half, half * torch.tensor([1.0, 1.0, -1.0])), 1)
     q = azel_quat(torch.tensor([D(35.0)]), torch.tensor([D(20.0)]))
     sil = renderer(pts, q, sigma=0.5).silhouette[0]
-    mir = renderer(pts, mirror_upright(q), sigma=0.5).silhouette[0]
+    mir = renderer(pts, mirror_camera(q), sigma=0.5).silhouette[0]
     torch.testing.assert_close(mir, sil.flip(-1), atol=1e-4, rtol=0)
     assert (sil - sil.flip(-1)).abs().max() > 0.1  # the view itself is not symmetric
 
@@ -60,7 +60,7 @@ def test_mirror_match_finds_each_candidates_mirror():
     el = torch.tensor([[D(10.0), D(-10.0), D(10.0), D(-10.0)]])
     cands = azel_quat(az, el)
     order = torch.tensor([2, 0, 3, 1])  # the mirrored input lists them in another order
-    mirrored = mirror_upright(cands)[:, order]
+    mirrored = mirror_camera(cands)[:, order]
     assert mirror_match(cands, mirrored).tolist() == [order.argsort().tolist()]
 
 
@@ -79,7 +79,7 @@ def test_the_mirrors_scores_add_up_known_answer():
     order = torch.tensor([1, 0, 3, 2])
     out = _fake_out(cands, torch.tensor([[1.0, 0.8, -5.0, -5.0]]))  # the image: 0, by a little
     # the mirror: the mirror of candidate 1 (its index 0) by a lot
-    mirrored = _fake_out(mirror_upright(cands)[:, order], torch.tensor([[3.0, 0.0, -5.0, -5.0]]))
+    mirrored = _fake_out(mirror_camera(cands)[:, order], torch.tensor([[3.0, 0.0, -5.0, -5.0]]))
     masks = torch.zeros(1, 16, 16)
     _, k = read_pose_with_silhouette(out, masks, renderer, 0.5, 0.0)
     assert k.tolist() == [0]
