@@ -176,6 +176,8 @@ class BatchSampler:
         flip = torch.from_numpy(np.repeat(mirrored, self.K))  # [b*K] per view
 
         def mirror(x: Tensor) -> Tensor:  # [b*K, ..., W]: the mirrored objects' views flipped
+            if not mirrored.any():  # the default: no flipped copy of the batch
+                return x
             return torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
 
         o = objs[:, None]
