@@ -16,7 +16,11 @@ script also prints the skewness along the length axis of each training object's
 ground-truth cloud (``E[x^3] / E[x^2]^1.5``, x centred: where the bulk of the mass sits
 along the fuselage) for the objects seen turned and for the rest, and for the clouds the
 run predicts, and how much farther from the other training objects (Chamfer) each
-ground-truth cloud gets when turned.
+ground-truth cloud gets when turned. It also prints a cue that does not follow the mass:
+the correlation of height with length (``E[x y] / (std x std y)``, y up: on which end the
+tall parts, the fins, sit), for the ground-truth clouds and for the predicted clouds taken
+into the ground-truth frame by the alignment (a faithful cloud of an object seen turned
+has it with the other sign).
 
 With ``--bound`` (needs ``--train``; cheats on purpose, a diagnostic): a fresh selector
 (FC 32 -> 32 -> C, as ``model.pose_selector``) is fitted on the frozen pose codes of the
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 
 from dpc.camera import flip_upright, quat_angle, silhouette_twin
-from dpc.eval.metrics import aligned_pose
+from dpc.eval.metrics import align_points, aligned_pose
 from dpc.eval.predictions import predict_split
 from dpc.render import build_renderer
 from dpc.runs import open_run
@@ -90,6 +94,13 @@ def skew_x(points: torch.Tensor) -> torch.Tensor:
     return x.pow(3).mean(-1) / x.pow(2).mean(-1).pow(1.5).clamp_min(1e-12)
 
 
+def height_length_corr(points: torch.Tensor) -> torch.Tensor:
+    """``[...]``: correlation of x (length) with y (up) over clouds ``[..., N, 3]``."""
+    c = points - points.mean(-2, keepdim=True)
+    x, y = c[..., 0], c[..., 1]
+    return (x * y).mean(-1) / (x.pow(2).mean(-1) * y.pow(2).mean(-1)).sqrt().clamp_min(1e-12)
+
+
 def turn_ratio(clouds: torch.Tensor, points: int = 1500, seed: int = 0) -> torch.Tensor:
     """``[n]``: for clouds ``[n, P, 3]`` (y up), the summed Chamfer distance of each cloud
     turned half a turn about y to all the clouds, over the same for the cloud as it is
@@ -132,6 +143,19 @@ def main(argv: list[str]) -> None:
         print(f"skewness along x, {name}: objects seen turned: median {float(a.median()):+.2f}, "
               f"share > 0 {float((a > 0).double().mean()):.2f}; the rest: median "
               f"{float(b.median()):+.2f}, share > 0 {float((b > 0).double().mean()):.2f}")
+    n, V = p.points.shape[:2]
+    aligned = align_points(torch.tensor(p.points, dtype=torch.float64).flatten(0, 1), A)
+    c_pred = height_length_corr(aligned).reshape(n, V).mean(1)
+    gt_points = torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float64)
+    c_gt = height_length_corr(gt_points)
+    major = torch.sign(c_gt.median())
+    for name, c in (("ground-truth clouds", c_gt),
+                    ("predicted clouds (ground-truth frame)", c_pred)):  # fmt: skip
+        a, b = (torch.sign(c[t]) == major).double(), (torch.sign(c[~t]) == major).double()
+        print(f"height-length correlation, {name}: the ground truth's majority sign on "
+              f"{float(a.mean()):.2f} of the objects seen turned (median "
+              f"{float(c[t].median()):+.2f}), {float(b.mean()):.2f} of the rest (median "
+              f"{float(c[~t].median()):+.2f})")  # fmt: skip
     ratio = turn_ratio(torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float32))
     print(f"ground-truth clouds turned about the vertical, summed Chamfer distance to the other "
           f"training objects over their own: objects seen turned {float(ratio[t].min()):.2f}-"
