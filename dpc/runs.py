@@ -6,6 +6,7 @@ directories")::
     <run_dir>/config.yaml             the resolved training config
     <run_dir>/checkpoints/last.pt     {"model", "optimizer", "step", "rng", "config", ...}
     <run_dir>/train_log.jsonl         per-step records (dpc.training.logging)
+    <run_dir>/summary.json            final figures, wall time, :func:`environment`
     <run_dir>/eval/alignment.json     the global alignment (dpc.evaluate)
 
 :func:`open_run` loads a run (model, config, typed :class:`RunSettings`, step) for every
@@ -119,6 +120,44 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
 def write_config(run_dir: Path, cfg) -> None:
     """``<run_dir>/config.yaml``: the resolved training config."""
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+# the packages whose builds decide a run's floating-point rounding on the CPU path
+ENV_PACKAGES = ("torch", "numpy", "scipy", "numba", "triton", "pykeops")
+
+
+def environment() -> dict:
+    """Package versions, Python and machine a run was trained on (``summary.json``).
+
+    A run repeats bit for bit only where these match: the same code and data on another
+    environment differ in the eighth digit from the first step, and a 3000-step run
+    carries that into a different model (RESULTS.md "Round 12")."""
+    import platform
+    from importlib import metadata
+
+    packages = {}
+    for name in ENV_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    cpu = None
+    try:  # Linux; elsewhere platform.processor() is the best there is
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "packages": packages,
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+    }
 
 
 def rng_state() -> dict:

@@ -23,6 +23,7 @@ from dpc.render import build_renderer
 from dpc.runs import (
     RunSettings,
     checkpoint_path,
+    environment,
     normalize_loss_config,
     resolve_run_dir,
     save_checkpoint,
@@ -111,7 +112,7 @@ def train(cfg: DictConfig) -> dict:
 
     batches = batch_iterator(sampler, start_step, max_steps, int(cfg.data.num_workers))
     M = settings.num_candidates  # the range of the winner index (2M with flipped candidates)
-    summary: dict = {"start_step": start_step}
+    summary: dict = {"start_step": start_step, "environment": environment()}
     step = final = start_step
     n_bad, stop_now = 0, False
     last_terms: dict[str, float] = {}

@@ -46,6 +46,9 @@ def test_two_step_run(family, tmp_path):
     cfg = compose_cfg(FAMILIES[family] + TINY + ["trainer.max_steps=2"], run)
     summary = train(cfg)
     assert summary["step"] == 2
+    env = json.loads((run / "summary.json").read_text())["environment"]
+    assert env["packages"]["torch"] == torch.__version__  # what the run was trained on
+    assert env["torch_threads"] == torch.get_num_threads() and env["python"]
     recs = [r for r in _records(run) if "loss" in r]
     assert [r["step"] for r in recs] == [0, 1]
     for r in recs:
