@@ -129,9 +129,9 @@ ENV_PACKAGES = ("torch", "numpy", "scipy", "numba", "triton", "pykeops")
 def environment() -> dict:
     """Package versions, Python and machine a run was trained on (``summary.json``).
 
-    A run repeats bit for bit only where these match: the same code and data on another
-    environment differ in the eighth digit from the first step, and a 3000-step run
-    carries that into a different model (RESULTS.md "Round 12")."""
+    A run repeats bit for bit only where these match: the same code and data in another
+    environment can differ in the last digits, and a 3000-step run carries that into a
+    different model (RESULTS.md "Round 12")."""
     import platform
     from importlib import metadata
 

@@ -136,7 +136,8 @@ def main(argv: list[str]) -> None:
         return
     p, gt, err = preds["train"]
     t = turned(err)
-    s_gt = skew_x(torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float64))
+    gt_points = torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float64)
+    s_gt = skew_x(gt_points)
     s_pred = skew_x(torch.tensor(p.points, dtype=torch.float64)).mean(1)
     for name, s in (("ground-truth clouds", s_gt), ("predicted clouds (model frame)", s_pred)):
         a, b = s[t], s[~t]
@@ -146,7 +147,6 @@ def main(argv: list[str]) -> None:
     n, V = p.points.shape[:2]
     aligned = align_points(torch.tensor(p.points, dtype=torch.float64).flatten(0, 1), A)
     c_pred = height_length_corr(aligned).reshape(n, V).mean(1)
-    gt_points = torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float64)
     c_gt = height_length_corr(gt_points)
     major = torch.sign(c_gt.median())
     for name, c in (("ground-truth clouds", c_gt),
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
               f"{float(a.mean()):.2f} of the objects seen turned (median "
               f"{float(c[t].median()):+.2f}), {float(b.mean()):.2f} of the rest (median "
               f"{float(c[~t].median()):+.2f})")  # fmt: skip
-    ratio = turn_ratio(torch.tensor(np.asarray(reader.gt_points("train")), dtype=torch.float32))
+    ratio = turn_ratio(gt_points.float())
     print(f"ground-truth clouds turned about the vertical, summed Chamfer distance to the other "
           f"training objects over their own: objects seen turned {float(ratio[t].min()):.2f}-"
           f"{float(ratio[t].max()):.2f} (median {float(ratio[t].median()):.2f}); the rest "
