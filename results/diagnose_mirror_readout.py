@@ -26,7 +26,7 @@ import torch
 from dpc.camera import quat_angle
 from dpc.data import prepare_images, prepare_masks
 from dpc.eval.metrics import aligned_pose
-from dpc.eval.predictions import mirror_match, silhouette_errors
+from dpc.eval.predictions import mirror_match, relative_errors, silhouette_errors
 from dpc.render import build_renderer
 from dpc.runs import open_run
 from dpc.training.loop import open_data
@@ -37,8 +37,7 @@ def scores(model, x, masks, renderer, sigma):
     silhouette errors ``E / min E`` ``[B, M]`` of images ``x`` and masks ``[B, G, G]``."""
     out = model(x)
     e = silhouette_errors(out.points, out.scale, out.pose_candidates, masks, renderer, sigma)
-    rel = e / e.min(1, keepdim=True).values.clamp_min(1e-12)
-    return out.pose_candidates, torch.log_softmax(out.selector_logits, 1), rel
+    return out.pose_candidates, torch.log_softmax(out.selector_logits, 1), relative_errors(e)
 
 
 @torch.no_grad()

@@ -117,9 +117,14 @@ def selector_with_silhouette(logits, errors, weight: float) -> torch.Tensor:
     return selector_silhouette_scores(logits, errors, weight).argmax(1)
 
 
+def relative_errors(errors) -> torch.Tensor:
+    """``[B, M]``: silhouette errors ``[B, M]`` over each view's best, ``E_k / min_j E_j``."""
+    return errors / errors.min(1, keepdim=True).values.clamp_min(1e-12)
+
+
 def selector_silhouette_scores(logits, errors, weight: float) -> torch.Tensor:
     """``[B, M]``: the scores :func:`selector_with_silhouette` maximises."""
-    rel = errors / errors.min(1, keepdim=True).values.clamp_min(1e-12)
+    rel = relative_errors(errors)
     return torch.log_softmax(logits.to(errors), 1) - float(weight) * (rel - 1.0)
 
 
